@@ -1,0 +1,341 @@
+//! Every setting, read once from flags, the environment and `.env`, checked, and typed.
+//! Tests build [`Config`] directly; only `main` reads the environment (through [`Cli`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use url::Url;
+
+use crate::gorgias::{Auth, ClientSettings, RetryPolicy};
+use crate::ticketing::TicketingSettings;
+
+/// The service's settings, valid by construction.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The Gorgias account and how to call it.
+    pub gorgias: ClientSettings,
+    /// Caches and channel choice.
+    pub ticketing: TicketingSettings,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Time allowed for one inbound request, Gorgias retries included.
+    pub request_deadline: Duration,
+    /// Time allowed for in-flight requests after SIGTERM.
+    pub shutdown_drain: Duration,
+    /// How long `/readyz` reuses its verdict.
+    pub readiness_ttl: Duration,
+}
+
+impl Config {
+    /// Defaults around one Gorgias base URL: what the sandbox and tests start from.
+    pub fn with_gorgias(base_url: Url, auth: Auth) -> Self {
+        let rate_limit = Some(default_rate_limit(&auth));
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gorgias: ClientSettings {
+                base_url,
+                auth,
+                attempt_timeout: Duration::from_secs(10),
+                retry: RetryPolicy::default(),
+                rate_limit,
+            },
+            ticketing: TicketingSettings::default(),
+            body_limit: 2 * 1024 * 1024,
+            request_deadline: Duration::from_secs(30),
+            shutdown_drain: Duration::from_secs(25),
+            readiness_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// 40 calls per 20 s for an API key, 80 for OAuth (Gorgias's documented account limits).
+fn default_rate_limit(auth: &Auth) -> (u32, Duration) {
+    let calls = if auth.is_oauth() { 80 } else { 40 };
+    (calls, Duration::from_secs(20))
+}
+
+/// Why the settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Required settings are absent; one line names them all.
+    #[error("missing settings: {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    /// A setting has an unusable value.
+    #[error("{name}: {problem}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it (never its value: it may be a secret).
+        problem: String,
+    },
+}
+
+/// Command line; every flag can also come from the environment variable it names.
+#[derive(Debug, Parser)]
+#[command(name = "gorgias-proxy", version, about = "Opens Gorgias tickets for internal services.")]
+pub struct Cli {
+    /// A one-shot command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Run against an in-process Gorgias simulator: no account needed, inbound auth off.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Gorgias account subdomain: `acme` for https://acme.gorgias.com.
+    #[arg(long, env = "GORGIAS_DOMAIN")]
+    pub gorgias_domain: Option<String>,
+    /// Full Gorgias base URL (overrides GORGIAS_DOMAIN; for the simulator and tests).
+    #[arg(long, env = "GORGIAS_BASE_URL")]
+    pub gorgias_base_url: Option<Url>,
+    /// Email of the Gorgias user owning the API key (HTTP Basic username).
+    #[arg(long, env = "GORGIAS_USERNAME")]
+    pub gorgias_username: Option<String>,
+    /// Gorgias REST API key.
+    #[arg(long, env = "GORGIAS_API_KEY", hide_env_values = true)]
+    pub gorgias_api_key: Option<String>,
+    /// OAuth2 access token (instead of username + API key).
+    #[arg(long, env = "GORGIAS_ACCESS_TOKEN", hide_env_values = true)]
+    pub gorgias_access_token: Option<String>,
+    /// Fixed ticket channel, instead of deriving it from the account settings.
+    #[arg(long, env = "TICKET_CHANNEL")]
+    pub ticket_channel: Option<String>,
+    /// Client-side pacing, `CALLS/SECONDSs` (e.g. `40/20s`) or `off`.
+    #[arg(long, env = "GORGIAS_RATE_LIMIT")]
+    pub gorgias_rate_limit: Option<String>,
+    /// Longest single Gorgias call, in milliseconds.
+    #[arg(long, env = "GORGIAS_TIMEOUT_MS", default_value_t = 10_000)]
+    pub gorgias_timeout_ms: u64,
+    /// Longest inbound request, Gorgias retries included, in milliseconds.
+    #[arg(long, env = "REQUEST_DEADLINE_MS", default_value_t = 30_000)]
+    pub request_deadline_ms: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub body_limit_bytes: usize,
+    /// How long a resolved customer is reused, in seconds.
+    #[arg(long, env = "CUSTOMER_CACHE_TTL_SECS", default_value_t = 600)]
+    pub customer_cache_ttl_secs: u64,
+    /// How many resolved customers are kept.
+    #[arg(long, env = "CUSTOMER_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub customer_cache_capacity: u64,
+    /// How long the account's ticket channel is reused, in seconds.
+    #[arg(long, env = "SETTINGS_CACHE_TTL_SECS", default_value_t = 300)]
+    pub settings_cache_ttl_secs: u64,
+    /// Time allowed for in-flight requests after SIGTERM, in seconds.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 25)]
+    pub shutdown_drain_secs: u64,
+    /// Log format: `json` or `pretty` (default: json unless stdout is a terminal).
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// One-shot commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Exit 0 when `GET /healthz` of a running service answers 200 (for container health
+    /// checks without shell tools).
+    Healthcheck {
+        /// URL to probe; default: this service's LISTEN_ADDR port on 127.0.0.1.
+        #[arg(long)]
+        url: Option<Url>,
+    },
+}
+
+impl Cli {
+    /// Turns flags and environment into a [`Config`]. In sandbox mode Gorgias settings are
+    /// not needed (the caller points the config at the simulator afterwards).
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] naming every absent variable at once, or the first invalid one.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let (base_url, auth) = if self.sandbox {
+            sandbox_placeholder()
+        } else {
+            self.gorgias_target()?
+        };
+        let mut config = Config::with_gorgias(base_url, auth);
+        config.listen = self.listen;
+        config.gorgias.attempt_timeout = positive_ms("GORGIAS_TIMEOUT_MS", self.gorgias_timeout_ms)?;
+        config.request_deadline = positive_ms("REQUEST_DEADLINE_MS", self.request_deadline_ms)?;
+        if let Some(spec) = &self.gorgias_rate_limit {
+            config.gorgias.rate_limit = parse_rate_limit(spec)?;
+        }
+        config.body_limit = self.body_limit_bytes;
+        if config.body_limit == 0 {
+            return Err(invalid("BODY_LIMIT_BYTES", "must be more than 0"));
+        }
+        config.ticketing = TicketingSettings {
+            customer_cache_ttl: Duration::from_secs(self.customer_cache_ttl_secs),
+            customer_cache_capacity: self.customer_cache_capacity,
+            settings_ttl: Duration::from_secs(self.settings_cache_ttl_secs),
+            channel_override: self
+                .ticket_channel
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty()),
+        };
+        config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);
+        Ok(config)
+    }
+
+    fn gorgias_target(&self) -> Result<(Url, Auth), ConfigError> {
+        let mut missing = Vec::new();
+        let base_url = match (&self.gorgias_base_url, &self.gorgias_domain) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(d)) => Some(domain_url(d)?),
+            (None, None) => {
+                missing.push("GORGIAS_DOMAIN (or GORGIAS_BASE_URL)");
+                None
+            }
+        };
+        let auth = match (
+            &self.gorgias_access_token,
+            &self.gorgias_username,
+            &self.gorgias_api_key,
+        ) {
+            (Some(t), _, _) if !t.is_empty() => Some(Auth::Bearer(SecretString::from(t.clone()))),
+            (_, Some(u), Some(k)) if !u.is_empty() && !k.is_empty() => Some(Auth::Basic {
+                username: u.clone(),
+                api_key: SecretString::from(k.clone()),
+            }),
+            (_, u, k) => {
+                if u.as_deref().is_none_or(str::is_empty) {
+                    missing.push("GORGIAS_USERNAME");
+                }
+                if k.as_deref().is_none_or(str::is_empty) {
+                    missing.push("GORGIAS_API_KEY (or GORGIAS_ACCESS_TOKEN)");
+                }
+                None
+            }
+        };
+        match (base_url, auth) {
+            (Some(b), Some(a)) => Ok((b, a)),
+            _ => Err(ConfigError::Missing(missing)),
+        }
+    }
+}
+
+/// The credentials the sandbox's simulator accepts by default.
+pub const SANDBOX_USERNAME: &str = "sandbox@example.com";
+/// The sandbox simulator's default API key (not a secret: it opens nothing real).
+pub const SANDBOX_API_KEY: &str = "sandbox-key";
+
+fn sandbox_placeholder() -> (Url, Auth) {
+    let url = Url::parse("http://127.0.0.1:1/").unwrap_or_else(|_| unreachable!("a literal URL"));
+    (
+        url,
+        Auth::Basic {
+            username: SANDBOX_USERNAME.into(),
+            api_key: SecretString::from(SANDBOX_API_KEY),
+        },
+    )
+}
+
+fn domain_url(domain: &str) -> Result<Url, ConfigError> {
+    let d = domain.trim();
+    let ok = !d.is_empty()
+        && d.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(invalid(
+            "GORGIAS_DOMAIN",
+            "must be the account subdomain only, e.g. `acme` for https://acme.gorgias.com",
+        ));
+    }
+    Url::parse(&format!("https://{d}.gorgias.com/"))
+        .map_err(|e| invalid("GORGIAS_DOMAIN", &e.to_string()))
+}
+
+fn positive_ms(name: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(invalid(name, "must be more than 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn invalid(name: &'static str, problem: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        problem: problem.to_owned(),
+    }
+}
+
+/// Reads `40/20s`, `80/20`, `20/2s` or `off`.
+///
+/// # Errors
+/// When the text is none of those forms.
+pub fn parse_rate_limit(spec: &str) -> Result<Option<(u32, Duration)>, ConfigError> {
+    let s = spec.trim();
+    if s.eq_ignore_ascii_case("off") || s == "0" {
+        return Ok(None);
+    }
+    let bad = || invalid("GORGIAS_RATE_LIMIT", "must look like 40/20s, or be off");
+    let (calls, window) = s.split_once('/').ok_or_else(bad)?;
+    let calls: u32 = calls.trim().parse().map_err(|_| bad())?;
+    let window = window.trim().trim_end_matches('s');
+    let secs: f64 = window.parse().map_err(|_| bad())?;
+    if calls == 0 || !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Some((calls, Duration::from_secs_f64(secs))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["gorgias-proxy"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn missing_gorgias_settings_are_named_together() {
+        // Only flags are given so the test does not depend on the process environment, which
+        // clap also reads; an absent variable in CI is the usual case.
+        let c = Cli {
+            gorgias_domain: None,
+            gorgias_base_url: None,
+            gorgias_username: None,
+            gorgias_api_key: None,
+            gorgias_access_token: None,
+            ..cli(&[])
+        };
+        let err = c.into_config().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "missing settings: GORGIAS_DOMAIN (or GORGIAS_BASE_URL), GORGIAS_USERNAME, GORGIAS_API_KEY (or GORGIAS_ACCESS_TOKEN)"
+        );
+    }
+
+    #[test]
+    fn a_domain_becomes_the_account_url() {
+        let c = Cli {
+            gorgias_domain: Some("acme".into()),
+            gorgias_base_url: None,
+            gorgias_username: Some("u@example.com".into()),
+            gorgias_api_key: Some("k".into()),
+            gorgias_access_token: None,
+            ..cli(&[])
+        };
+        let config = c.into_config().unwrap();
+        assert_eq!(config.gorgias.base_url.as_str(), "https://acme.gorgias.com/");
+        assert_eq!(config.gorgias.rate_limit, Some((40, Duration::from_secs(20))));
+    }
+
+    #[test]
+    fn rate_limits_parse() {
+        assert_eq!(
+            parse_rate_limit("20/2s").unwrap(),
+            Some((20, Duration::from_secs(2)))
+        );
+        assert_eq!(parse_rate_limit("off").unwrap(), None);
+        assert!(parse_rate_limit("fast").is_err());
+        assert!(parse_rate_limit("0/2s").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! Validated input: values of these types are valid by construction.
+//!
+//! The only way in is [`NewTicket::parse`], which walks the caller's JSON once and reports
+//! every problem it finds (not just the first) with the JSON path of the field at fault. The
+//! Gorgias client and the use case accept only these types, so nothing downstream re-checks.
+
+mod error;
+mod parse;
+mod values;
+
+pub use error::{FieldError, Problem, ValidationErrors};
+pub use values::{
+    Attachment, ContentType, Email, HttpUrl, MessageId, NewMessage, NewTicket, PhoneNumber,
+    normalize_phone,
+};
+
+/// Bounds of the inbound contract, shared by validation and the OpenAPI document so the two
+/// cannot drift.
+pub mod limits {
+    /// Most characters in a phone number, after trimming.
+    pub const PHONE_MAX_CHARS: usize = 32;
+    /// Fewest digits a phone number must carry.
+    pub const PHONE_MIN_DIGITS: usize = 5;
+    /// Most characters in an email address (RFC 5321 path limit, Gorgias's channel limit).
+    pub const EMAIL_MAX_CHARS: usize = 320;
+    /// Most messages in one ticket (Gorgias's own bound on ticket creation).
+    pub const MESSAGES_MAX: usize = 500;
+    /// Most characters in a message id (it becomes Gorgias's message `external_id`).
+    pub const MESSAGE_ID_MAX_CHARS: usize = 255;
+    /// Most characters in an attachment name.
+    pub const ATTACHMENT_NAME_MAX_CHARS: usize = 255;
+    /// Most characters in an attachment URL (a sane bound; Gorgias stores it verbatim).
+    pub const URL_MAX_CHARS: usize = 2048;
+    /// Most characters in a content type.
+    pub const CONTENT_TYPE_MAX_CHARS: usize = 255;
+    /// The characters a phone number may hold besides digits.
+    pub const PHONE_PUNCTUATION: &str = " +-().";
+}

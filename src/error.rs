@@ -1,0 +1,355 @@
+//! `ApiError`: every way a request can fail, answered as `application/problem+json` (RFC 9457)
+//! with a stable `code` and the request's id. The one place that knows HTTP statuses.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::{FieldError, ValidationErrors};
+use crate::gorgias::GorgiasError;
+use crate::ticketing::TicketingError;
+
+/// What went wrong, from the caller's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// 400 (shape problems) or 422 (rule problems): the body is JSON but not a valid ticket.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    /// 415: the body is not declared as JSON.
+    #[error("the body must be sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 413: the body is larger than the configured limit.
+    #[error("the body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 400: the body could not be read (client aborted, bad framing).
+    #[error("the body could not be read")]
+    UnreadableBody,
+    /// 400: a header we read has an unusable value.
+    #[error("{0}")]
+    BadHeader(String),
+    /// 401: no or unknown bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 404: no such route.
+    #[error("no such resource")]
+    NotFound,
+    /// 405: the route exists but not with this method.
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    /// 409: the same idempotency key is still being worked on.
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyInProgress,
+    /// 422: the same idempotency key was used with another body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyMismatch,
+    /// 502/503/504: Gorgias failed us.
+    #[error(transparent)]
+    Upstream(#[from] TicketingError),
+    /// 503: this service is not ready (health checks).
+    #[error("{0}")]
+    NotReady(String),
+    /// 504: the inbound deadline passed.
+    #[error("the request took longer than its deadline")]
+    DeadlineExceeded,
+    /// 500: a bug. Never caused by a caller or by Gorgias.
+    #[error("internal error")]
+    Internal,
+}
+
+/// The problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, fixed summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// What happened this time.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// The request's id (also in `X-Request-Id`).
+    pub request_id: String,
+    /// Field problems, for 400/422 on the body.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// The `Content-Type` of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl ApiError {
+    /// Status, stable code and title.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use GorgiasError as G;
+        match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            Self::Invalid(e) if e.is_shape() => {
+                (StatusCode::BAD_REQUEST, "invalid_body", "Invalid request body")
+            }
+            Self::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            Self::UnreadableBody => (StatusCode::BAD_REQUEST, "unreadable_body", "Unreadable body"),
+            Self::BadHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header", "Invalid header"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            Self::IdempotencyInProgress => (
+                StatusCode::CONFLICT,
+                "idempotency_in_progress",
+                "Request in progress",
+            ),
+            Self::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+            ),
+            Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            Self::DeadlineExceeded => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                "Deadline exceeded",
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+            Self::Upstream(TicketingError::Mapping(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_invalid_response",
+                "Gorgias answered something unreadable",
+            ),
+            Self::Upstream(TicketingError::Gorgias(g)) => match g {
+                G::Rejected {
+                    status: 401 | 403, ..
+                } => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_auth",
+                    "Gorgias refused our credentials",
+                ),
+                G::Rejected { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_rejected",
+                    "Gorgias rejected the request",
+                ),
+                G::Decode { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_invalid_response",
+                    "Gorgias answered something unreadable",
+                ),
+                G::ServerError { .. } | G::ConnectionLost { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    "Gorgias failed",
+                ),
+                G::RateLimited { .. } | G::DeadlineExhausted { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_rate_limited",
+                    "Gorgias call budget exhausted",
+                ),
+                G::Unreachable { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unreachable",
+                    "Gorgias is unreachable",
+                ),
+                G::Timeout { .. } => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "Gorgias timed out",
+                ),
+            },
+        }
+    }
+
+    /// The caller-facing detail. For Gorgias's refusals it carries Gorgias's own `msg` and field
+    /// messages (they say what to fix); never our credentials, URL or the request body.
+    fn detail(&self) -> String {
+        match self {
+            Self::Upstream(TicketingError::Gorgias(GorgiasError::Rejected {
+                status,
+                msg,
+                data,
+                ..
+            })) => {
+                let mut d = format!("Gorgias answered {status}");
+                if let Some(m) = msg {
+                    d.push_str(": ");
+                    d.push_str(m);
+                }
+                if let Some(data) = data {
+                    let fields = flatten_field_messages(data);
+                    if !fields.is_empty() {
+                        d.push_str(" (");
+                        d.push_str(&fields.join("; "));
+                        d.push(')');
+                    }
+                }
+                d
+            }
+            Self::Upstream(TicketingError::Gorgias(g)) => match g {
+                GorgiasError::RateLimited { .. } | GorgiasError::DeadlineExhausted { .. } => {
+                    "Gorgias's call budget for this account is spent for now; retry after the \
+                     delay in Retry-After"
+                        .into()
+                }
+                GorgiasError::Unreachable { .. } => {
+                    "Gorgias could not be reached; retry later".into()
+                }
+                GorgiasError::Timeout { .. } => {
+                    "Gorgias did not answer in time; retrying with the same Idempotency-Key is safe"
+                        .into()
+                }
+                GorgiasError::ServerError { status, .. } => {
+                    format!("Gorgias failed with {status}; retry later")
+                }
+                GorgiasError::ConnectionLost { .. } => {
+                    "the connection to Gorgias was lost; retry later".into()
+                }
+                _ => "Gorgias answered something that could not be read".into(),
+            },
+            Self::Upstream(TicketingError::Mapping(_)) => {
+                "Gorgias answered something that is not a ticket".into()
+            }
+            Self::Invalid(e) => format!(
+                "the request body has {} problem(s); see errors",
+                e.errors.len()
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// How long the caller should wait, for 503s.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Upstream(TicketingError::Gorgias(g)) => match g {
+                GorgiasError::RateLimited { retry_after, .. }
+                | GorgiasError::DeadlineExhausted { retry_after, .. } => {
+                    Some(retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                GorgiasError::Unreachable { .. } => Some(Duration::from_secs(1)),
+                _ => None,
+            },
+            Self::NotReady(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+}
+
+/// Gorgias's `error.data` is `{field: [messages]}`, possibly nested (`{"messages": {"0": {...}}}`).
+/// Flattens it to `path: message` strings.
+fn flatten_field_messages(data: &Value) -> Vec<String> {
+    fn walk(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, &p, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, path, out)),
+            Value::String(s) => out.push(format!("{path}: {s}")),
+            Value::Null => {}
+            other => out.push(format!("{path}: {other}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk(data, "", &mut out);
+    out.truncate(50);
+    out
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        if status.is_server_error() {
+            // Logged once, here; the cause chain may name the endpoint but never a body or key.
+            tracing::error!(code, error = %self, cause = ?std::error::Error::source(&self).map(ToString::to_string), "request failed");
+        } else {
+            tracing::info!(code, status = status.as_u16(), "request refused");
+        }
+        let retry_after = self.retry_after();
+        let problem = Problem {
+            kind: format!("urn:gorgias-proxy:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+            request_id: crate::http::current_request_id(),
+            errors: match self {
+                Self::Invalid(e) => e.errors,
+                _ => Vec::new(),
+            },
+        };
+        let mut resp = (status, Json(problem)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(wait) = retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if matches!(status, StatusCode::UNAUTHORIZED) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<GorgiasError> for ApiError {
+    fn from(e: GorgiasError) -> Self {
+        Self::Upstream(TicketingError::Gorgias(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn gorgias_field_messages_are_flattened_with_their_paths() {
+        let d = json!({"sender": ["Missing data for required field."],
+                       "messages": {"0": {"channel": ["Missing data."]}}});
+        let mut got = flatten_field_messages(&d);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "messages.0.channel: Missing data.",
+                "sender: Missing data for required field."
+            ]
+        );
+    }
+}

@@ -1,0 +1,619 @@
+//! The Gorgias REST client: one method per endpoint we use, with auth, per-attempt timeouts,
+//! retries of safe calls within the caller's deadline, and error classification.
+//!
+//! Reference: <https://developers.gorgias.com/reference> (see `gorgias-api.md` in the project
+//! history for what is confirmed and what is inferred).
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::GorgiasError;
+use super::models::{
+    Customer, CustomerList, ErrorBody, NewChannel, NewCustomer, NewTicketBody, PhoneHit,
+    SearchAnswer, SearchQuery, Settings, TicketList, WireTicket,
+};
+use super::pacing::Pacer;
+
+/// How we prove who we are to Gorgias.
+#[derive(Clone)]
+pub enum Auth {
+    /// A private app's API key: HTTP Basic with the key owner's email as the username.
+    Basic {
+        /// The Gorgias user's email.
+        username: String,
+        /// The API key.
+        api_key: SecretString,
+    },
+    /// An OAuth2 access token.
+    Bearer(SecretString),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Basic { .. } => f.write_str("Auth::Basic([redacted])"),
+            Self::Bearer(_) => f.write_str("Auth::Bearer([redacted])"),
+        }
+    }
+}
+
+impl Auth {
+    /// The `Authorization` header value, marked sensitive so hyper and our logs never print it.
+    fn header(&self) -> Result<HeaderValue, reqwest::header::InvalidHeaderValue> {
+        use base64::Engine as _;
+        let raw = match self {
+            Self::Basic { username, api_key } => {
+                let pair = format!("{username}:{}", api_key.expose_secret());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+            Self::Bearer(token) => format!("Bearer {}", token.expose_secret()),
+        };
+        let mut value = HeaderValue::from_str(&raw)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// True for OAuth2, whose default account budget is larger.
+    pub fn is_oauth(&self) -> bool {
+        matches!(self, Self::Bearer(_))
+    }
+}
+
+/// How failed safe calls are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts after the first one, at most.
+    pub max_retries: usize,
+    /// First backoff delay (before jitter).
+    pub base_delay: Duration,
+    /// Longest computed backoff delay.
+    pub max_delay: Duration,
+    /// Longest `Retry-After` we honour before giving up instead.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            max_retry_after: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.base_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .with_jitter()
+            .build()
+    }
+}
+
+/// Everything the client needs; built by the app from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// `https://{domain}.gorgias.com/` or the simulator's address.
+    pub base_url: Url,
+    /// Credentials.
+    pub auth: Auth,
+    /// Longest one attempt may take, connection to last body byte.
+    pub attempt_timeout: Duration,
+    /// Retries of safe calls.
+    pub retry: RetryPolicy,
+    /// Calls per window the account allows us; `None` turns client-side pacing off.
+    pub rate_limit: Option<(u32, Duration)>,
+}
+
+/// A Gorgias account, as one cheap-to-clone handle (the HTTP pool is shared inside).
+#[derive(Debug, Clone)]
+pub struct GorgiasClient {
+    http: reqwest::Client,
+    base_url: Url,
+    auth: HeaderValue,
+    attempt_timeout: Duration,
+    retry: RetryPolicy,
+    pacer: Pacer,
+}
+
+/// Whether a call may be sent again after a failure whose effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads and searches: sending twice does no harm.
+    Safe,
+    /// Creates: the caller reconciles before sending again.
+    Never,
+}
+
+/// Search page size: Gorgias's maximum, so a prefix search that matches many numbers still
+/// includes the exact one in most accounts.
+const SEARCH_SIZE: u32 = 50;
+
+impl GorgiasClient {
+    /// Builds the client and its connection pool.
+    ///
+    /// # Errors
+    /// When the credentials cannot form a header value or the TLS stack cannot start.
+    pub fn new(settings: ClientSettings) -> anyhow::Result<Self> {
+        let auth = settings
+            .auth
+            .header()
+            .map_err(|_| anyhow::anyhow!("the Gorgias credentials contain invalid characters"))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("gorgias-proxy/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.attempt_timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        let mut base_url = settings.base_url;
+        if !base_url.path().ends_with('/') {
+            let path = format!("{}/", base_url.path());
+            base_url.set_path(&path);
+        }
+        Ok(Self {
+            http,
+            base_url,
+            auth,
+            attempt_timeout: settings.attempt_timeout,
+            retry: settings.retry,
+            pacer: Pacer::new(settings.rate_limit),
+        })
+    }
+
+    /// A fresh backoff schedule, for callers that retry a whole step (e.g. a reconciled create).
+    pub(crate) fn retry_delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        self.retry.delays()
+    }
+
+    /// The limiter this client paces its calls with (shared by all clones).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// `GET /api/account/settings`: the channels whose tickets are auto-assigned.
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`] once retries within `deadline` are spent.
+    pub async fn assignment_channels(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<String>, GorgiasError> {
+        let endpoint = "GET /api/account/settings";
+        let s: Settings = self
+            .call_json(endpoint, Method::GET, "api/account/settings", &[], None, deadline, Resend::Safe)
+            .await?;
+        Ok(s.assignment_channels().into_iter().map(str::to_owned).collect())
+    }
+
+    /// `GET /api/customers?email=`: at most one customer owns a primary email.
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`] once retries within `deadline` are spent.
+    pub async fn customers_by_email(
+        &self,
+        email: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Customer>, GorgiasError> {
+        let endpoint = "GET /api/customers";
+        let list: CustomerList = self
+            .call_json(
+                endpoint,
+                Method::GET,
+                "api/customers",
+                &[("email", email), ("limit", "2")],
+                None,
+                deadline,
+                Resend::Safe,
+            )
+            .await?;
+        Ok(list.data)
+    }
+
+    /// `POST /api/search` with `customer_channel_phone`: phone channels whose address matches
+    /// `query` (a prefix or fuzzy match; the caller filters for the exact number).
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`] once retries within `deadline` are spent.
+    pub async fn search_phone(
+        &self,
+        query: &str,
+        deadline: Instant,
+    ) -> Result<Vec<PhoneHit>, GorgiasError> {
+        let endpoint = "POST /api/search";
+        let body = encode(&SearchQuery {
+            kind: "customer_channel_phone",
+            query,
+            size: SEARCH_SIZE,
+        })?;
+        let answer: SearchAnswer = self
+            .call_json(endpoint, Method::POST, "api/search", &[], Some(body), deadline, Resend::Safe)
+            .await?;
+        Ok(answer
+            .into_items()
+            .iter()
+            .flat_map(PhoneHit::from_item)
+            .collect())
+    }
+
+    /// `POST /api/customers` with an email channel (when known) and a phone channel. Sent once:
+    /// after an ambiguous failure the caller looks the customer up before creating again.
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`]; 409 arrives as `Rejected { status: 409 }`.
+    pub async fn create_customer(
+        &self,
+        email: Option<&str>,
+        phone: &str,
+        deadline: Instant,
+    ) -> Result<Customer, GorgiasError> {
+        let endpoint = "POST /api/customers";
+        let mut channels = Vec::with_capacity(2);
+        if let Some(address) = email {
+            channels.push(NewChannel {
+                kind: "email",
+                address,
+                preferred: true,
+            });
+        }
+        channels.push(NewChannel {
+            kind: "phone",
+            address: phone,
+            preferred: true,
+        });
+        let body = encode(&NewCustomer { email, channels })?;
+        self.call_json(endpoint, Method::POST, "api/customers", &[], Some(body), deadline, Resend::Never)
+            .await
+    }
+
+    /// `POST /api/tickets`. Sent once: after an ambiguous failure the caller looks the ticket
+    /// up by `external_id` before creating again.
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`].
+    pub(crate) async fn create_ticket(
+        &self,
+        ticket: &NewTicketBody<'_>,
+        deadline: Instant,
+    ) -> Result<WireTicket, GorgiasError> {
+        let endpoint = "POST /api/tickets";
+        let body = encode(ticket)?;
+        let value: serde_json::Value = self
+            .call_json(endpoint, Method::POST, "api/tickets", &[], Some(body), deadline, Resend::Never)
+            .await?;
+        Ok(WireTicket(value))
+    }
+
+    /// `GET /api/tickets?external_id=`: the tickets carrying our idempotency marker.
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`] once retries within `deadline` are spent.
+    pub async fn tickets_by_external_id(
+        &self,
+        external_id: &str,
+        deadline: Instant,
+    ) -> Result<Vec<WireTicket>, GorgiasError> {
+        let endpoint = "GET /api/tickets";
+        let list: TicketList = self
+            .call_json(
+                endpoint,
+                Method::GET,
+                "api/tickets",
+                &[("external_id", external_id), ("limit", "1")],
+                None,
+                deadline,
+                Resend::Safe,
+            )
+            .await?;
+        Ok(list.data.into_iter().map(WireTicket).collect())
+    }
+
+    /// `GET /api/tickets/{id}`: the full ticket (list items may be abridged).
+    ///
+    /// # Errors
+    /// Any [`GorgiasError`] once retries within `deadline` are spent.
+    pub async fn ticket(&self, id: u64, deadline: Instant) -> Result<WireTicket, GorgiasError> {
+        let endpoint = "GET /api/tickets/{id}";
+        let path = format!("api/tickets/{id}");
+        let value: serde_json::Value = self
+            .call_json(endpoint, Method::GET, &path, &[], None, deadline, Resend::Safe)
+            .await?;
+        Ok(WireTicket(value))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+        deadline: Instant,
+        resend: Resend,
+    ) -> Result<T, GorgiasError> {
+        let bytes = self
+            .call(endpoint, method, path, query, body, deadline, resend)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| GorgiasError::Decode {
+            endpoint,
+            source: e.into(),
+        })
+    }
+
+    /// Sends one call, retrying transient failures of safe calls with jittered exponential
+    /// backoff (or Gorgias's `Retry-After`) as long as the wait fits before `deadline`.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+        deadline: Instant,
+        resend: Resend,
+    ) -> Result<Bytes, GorgiasError> {
+        let url = self.base_url.join(path).map_err(|_| GorgiasError::Rejected {
+            endpoint,
+            status: 0,
+            msg: Some("invalid request path".into()),
+            data: None,
+        })?;
+        let mut delays = self.retry.delays();
+        loop {
+            let err = match self
+                .attempt(endpoint, method.clone(), url.clone(), query, body.clone(), deadline)
+                .await
+            {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => e,
+            };
+            // A 429 or an unreachable host means the call had no effect, so even a create may
+            // be sent again; anything else is resent only when the call is safe.
+            let had_no_effect = matches!(
+                err,
+                GorgiasError::RateLimited { .. } | GorgiasError::Unreachable { .. }
+            );
+            let resendable = resend == Resend::Safe || had_no_effect;
+            if !resendable || !err.is_transient() {
+                return Err(err);
+            }
+            let Some(backoff) = delays.next() else {
+                return Err(err);
+            };
+            let wait = match err.retry_after() {
+                Some(asked) if asked > self.retry.max_retry_after => {
+                    return Err(err);
+                }
+                Some(asked) => asked,
+                None => backoff,
+            };
+            if Instant::now() + wait >= deadline {
+                tracing::warn!(endpoint, wait_ms = wait.as_millis() as u64, "no time left to retry Gorgias");
+                return Err(GorgiasError::DeadlineExhausted {
+                    endpoint,
+                    retry_after: Some(wait.max(Duration::from_secs(1))),
+                });
+            }
+            tracing::warn!(endpoint, error = %err, wait_ms = wait.as_millis() as u64, "retrying Gorgias call");
+            crate::metrics::gorgias_retry(endpoint);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+        deadline: Instant,
+    ) -> Result<Bytes, GorgiasError> {
+        self.pacer.until_ready(endpoint, deadline).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(GorgiasError::Timeout { endpoint });
+        }
+        let budget = self.attempt_timeout.min(remaining);
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(ACCEPT, "application/json");
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(body) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(budget, async {
+            let resp = req.send().await.map_err(|e| transport(endpoint, e))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(|e| {
+                if e.is_timeout() {
+                    GorgiasError::Timeout { endpoint }
+                } else {
+                    GorgiasError::ConnectionLost {
+                        endpoint,
+                        source: e.into(),
+                    }
+                }
+            })?;
+            Ok::<_, GorgiasError>((status, headers, bytes))
+        })
+        .await
+        .unwrap_or(Err(GorgiasError::Timeout { endpoint }));
+        let elapsed = started.elapsed();
+        let (status, headers, bytes) = match outcome {
+            Ok(parts) => parts,
+            Err(e) => {
+                crate::metrics::gorgias_call(endpoint, error_label(&e), elapsed);
+                return Err(e);
+            }
+        };
+        crate::metrics::gorgias_call(endpoint, status.as_str(), elapsed);
+        if let Some(used) = headers
+            .get("x-gorgias-account-api-call-limit")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.pacer.observe_usage(used);
+        }
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(classify(endpoint, status, &headers, &bytes))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, GorgiasError> {
+    // Serialising our own plain structs cannot fail; the error path exists to avoid a panic.
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| GorgiasError::Decode {
+            endpoint: "encode",
+            source: e.into(),
+        })
+}
+
+fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {
+    if e.is_timeout() {
+        GorgiasError::Timeout { endpoint }
+    } else if e.is_connect() {
+        GorgiasError::Unreachable {
+            endpoint,
+            source: e.into(),
+        }
+    } else {
+        GorgiasError::ConnectionLost {
+            endpoint,
+            source: e.into(),
+        }
+    }
+}
+
+fn error_label(e: &GorgiasError) -> &'static str {
+    match e {
+        GorgiasError::Unreachable { .. } => "unreachable",
+        GorgiasError::Timeout { .. } => "timeout",
+        GorgiasError::ConnectionLost { .. } => "connection_lost",
+        GorgiasError::DeadlineExhausted { .. } => "deadline",
+        _ => "error",
+    }
+}
+
+/// Turns a non-2xx answer into an error, reading Gorgias's `{"error":{"msg","data"}}` body when
+/// there is one (gateways answer HTML or nothing; that is tolerated).
+fn classify(
+    endpoint: &'static str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> GorgiasError {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return GorgiasError::RateLimited {
+            endpoint,
+            retry_after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        };
+    }
+    if status.is_server_error() {
+        return GorgiasError::ServerError {
+            endpoint,
+            status: status.as_u16(),
+        };
+    }
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let (msg, data) = match parsed.error {
+        Some(inner) => (
+            inner.msg.map(|m| match m {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }),
+            inner.data.filter(|d| !d.is_null()),
+        ),
+        None => (None, None),
+    };
+    GorgiasError::Rejected {
+        endpoint,
+        status: status.as_u16(),
+        msg,
+        data,
+    }
+}
+
+/// `Retry-After` is seconds in every recorded answer; an HTTP date is accepted too.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(86_400.0)));
+        }
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-3"), None);
+    }
+
+    #[test]
+    fn auth_headers_are_sensitive_and_debug_is_redacted() {
+        let auth = Auth::Basic {
+            username: "u@example.com".into(),
+            api_key: SecretString::from("k3y"),
+        };
+        let h = auth.header().unwrap();
+        assert!(h.is_sensitive());
+        assert_eq!(h.to_str().unwrap(), "Basic dUBleGFtcGxlLmNvbTprM3k=");
+        assert!(!format!("{auth:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let p = RetryPolicy::default();
+        let delays: Vec<_> = p.delays().collect();
+        assert_eq!(delays.len(), p.max_retries);
+        assert!(delays.iter().all(|d| *d <= p.max_delay * 2));
+    }
+}

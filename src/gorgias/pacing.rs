@@ -1,0 +1,113 @@
+//! Client-side pacing: one limiter per process, shared by every request, so we spend the
+//! account's call budget evenly instead of bursting into Gorgias's 429s.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+use super::error::GorgiasError;
+
+/// Share of the account's budget we allow ourselves: Gorgias's bucket and ours are not in step,
+/// and other integrations on the same account spend from it too.
+const HEADROOM: f64 = 0.9;
+
+/// A handle to the process-wide limiter (cheap to clone); `None` inside means pacing is off.
+#[derive(Clone, Default)]
+pub struct Pacer {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    limiter: DefaultDirectRateLimiter,
+    limit: u32,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some(i) => write!(f, "Pacer({} per window)", i.limit),
+            None => f.write_str("Pacer(off)"),
+        }
+    }
+}
+
+impl Pacer {
+    /// A limiter allowing `calls` per `window` (less headroom), or none.
+    pub fn new(rate: Option<(u32, Duration)>) -> Self {
+        let Some((calls, window)) = rate else {
+            return Self::default();
+        };
+        let allowed = ((f64::from(calls) * HEADROOM).floor() as u32).max(1);
+        let period = window / allowed;
+        let Some(quota) = Quota::with_period(period.max(Duration::from_micros(1))) else {
+            return Self::default();
+        };
+        let burst = NonZeroU32::new(allowed).unwrap_or(NonZeroU32::MIN);
+        Self {
+            inner: Some(Arc::new(Inner {
+                limiter: RateLimiter::direct(quota.allow_burst(burst)),
+                limit: calls,
+            })),
+        }
+    }
+
+    /// Waits for a slot, unless the wait would pass `deadline`.
+    ///
+    /// # Errors
+    /// `DeadlineExhausted` with the wait as `retry_after` when no slot comes in time.
+    pub async fn until_ready(
+        &self,
+        endpoint: &'static str,
+        deadline: Instant,
+    ) -> Result<(), GorgiasError> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let clock = DefaultClock::default();
+        let mut waited = false;
+        loop {
+            match inner.limiter.check() {
+                Ok(()) => {
+                    if waited {
+                        crate::metrics::limiter_wait(endpoint);
+                    }
+                    return Ok(());
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(clock.now());
+                    if Instant::now() + wait >= deadline {
+                        return Err(GorgiasError::DeadlineExhausted {
+                            endpoint,
+                            retry_after: Some(wait.max(Duration::from_secs(1))),
+                        });
+                    }
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Reads `X-Gorgias-Account-Api-Call-Limit: used/limit`. When Gorgias counts the account
+    /// nearer its limit than our headroom allows (other integrations spend from it too), we
+    /// take the difference out of our own bucket so the next calls slow down.
+    pub fn observe_usage(&self, header: &str) {
+        let Some(inner) = &self.inner else { return };
+        let Some((used, limit)) = header.split_once('/') else {
+            return;
+        };
+        let (Ok(used), Ok(limit)) = (used.trim().parse::<u32>(), limit.trim().parse::<u32>())
+        else {
+            return;
+        };
+        let comfortable = (f64::from(limit) * HEADROOM) as u32;
+        if let Some(excess) = used.checked_sub(comfortable).and_then(NonZeroU32::new) {
+            // Best effort: when our bucket cannot give that many cells, it is already empty.
+            let _ = inner.limiter.check_n(excess);
+        }
+    }
+}

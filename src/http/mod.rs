@@ -1,0 +1,98 @@
+//! Our HTTP surface: routes, the request-context middleware, and the fallbacks, so every answer
+//! (even a 404) carries an `X-Request-Id` and errors share one problem+json shape.
+
+mod health;
+mod ticket;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// The request-id header, read from callers and set on every answer.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    /// The id of the request this task is serving, for error bodies built far from the handler.
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, or `""` outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// The whole router with its middleware; what tests drive with `oneshot` and what we serve.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .merge(ticket::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Our own limit replaces axum's 2 MiB default; the handler turns the rejection into 413.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// A caller's request id is kept when it is short printable ASCII, so it can be logged and
+/// echoed safely; anything else is replaced by a fresh UUID.
+fn usable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (1..=128).contains(&s.len()).then_some(())?;
+    s.bytes()
+        .all(|b| b.is_ascii_graphic())
+        .then(|| s.to_owned())
+}
+
+/// Outermost middleware: assigns the request id, opens the span every log line of the request
+/// is written in, counts the request, and stamps `X-Request-Id` on the answer.
+async fn request_context(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(usable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    // Only the route template is logged: a raw URI could carry a customer's data.
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    crate::metrics::in_flight(1.0);
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
+    crate::metrics::in_flight(-1.0);
+    let elapsed = started.elapsed();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    let status = resp.status().as_u16();
+    crate::metrics::http_request(&route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            "request finished"
+        );
+    });
+    resp
+}
+
+/// The deadline of a request that starts now.
+pub(crate) fn deadline_after(d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + d
+}

@@ -1,0 +1,83 @@
+//! The service's Prometheus metrics, named here once so call sites cannot drift.
+//!
+//! The `metrics` facade is a no-op until a recorder is installed ([`install`]), so library code
+//! and tests that do not care pay nothing.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: from sub-millisecond proxy overhead to Gorgias's slow tail.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle; later calls (as
+/// in tests that build several apps) return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's); then ours
+            // just renders nothing, which is better than failing to start.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// One inbound request finished.
+pub fn http_request(route: &str, status: u16, elapsed: Duration) {
+    let status = status.to_string();
+    counter!("gorgias_proxy_http_requests_total", "route" => route.to_owned(), "status" => status.clone())
+        .increment(1);
+    histogram!("gorgias_proxy_http_request_duration_seconds", "route" => route.to_owned(), "status" => status)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Inbound requests being served now.
+pub fn in_flight(delta: f64) {
+    gauge!("gorgias_proxy_http_requests_in_flight").increment(delta);
+}
+
+/// One attempt of a Gorgias call ended with `status` (an HTTP status or an error label).
+pub fn gorgias_call(endpoint: &'static str, status: &str, elapsed: Duration) {
+    counter!("gorgias_proxy_gorgias_calls_total", "endpoint" => endpoint, "status" => status.to_owned())
+        .increment(1);
+    histogram!("gorgias_proxy_gorgias_call_duration_seconds", "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A Gorgias call is being retried.
+pub fn gorgias_retry(endpoint: &'static str) {
+    counter!("gorgias_proxy_gorgias_retries_total", "endpoint" => endpoint).increment(1);
+}
+
+/// A call waited for the client-side rate limiter.
+pub fn limiter_wait(endpoint: &'static str) {
+    counter!("gorgias_proxy_rate_limiter_waits_total", "endpoint" => endpoint).increment(1);
+}
+
+/// A customer lookup was served from the cache (`hit`) or resolved with Gorgias.
+pub fn customer_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    counter!("gorgias_proxy_customer_cache_total", "result" => result).increment(1);
+}
+
+/// A ticket create with an unknown outcome was found to exist and answered from the lookup.
+pub fn reconciled() {
+    counter!("gorgias_proxy_tickets_reconciled_total").increment(1);
+}
+
+/// An answer was replayed for a repeated `Idempotency-Key`.
+pub fn idempotency_replay() {
+    counter!("gorgias_proxy_idempotency_replays_total").increment(1);
+}

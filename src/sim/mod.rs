@@ -1,0 +1,247 @@
+//! `gorgias-sim`: an in-memory Gorgias account that answers in the recorded shapes.
+//!
+//! It is the only fake in end-to-end tests, the engine of `--sandbox`, and the upstream of the
+//! benchmarks, so it keeps Gorgias's rules where they are known: HTTP Basic auth with its 401
+//! body, the account's leaky bucket with `Retry-After` and `X-Gorgias-Account-Api-Call-Limit`,
+//! 409 on a taken email, prefix phone search, ticket validation with `{"error":{"msg","data"}}`.
+//! Faults (latency, error share, fail-after-commit) are set by flags or `POST /_sim/faults`.
+//! Shares no code with the client: only the recorded shapes.
+
+mod routes;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use url::Url;
+
+pub use state::Stats;
+use state::{Bucket, Data};
+
+/// How a fail-after-commit fault answers once the ticket is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitFailure {
+    /// A 500 with Gorgias's error body.
+    #[default]
+    Status500,
+    /// The connection is cut before a complete answer.
+    Drop,
+}
+
+/// Faults, changeable at run time. Rates are shares in `0.0..=1.0`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every `/api` answer, in milliseconds.
+    pub latency_ms: u64,
+    /// Up to this much more, uniformly at random, in milliseconds.
+    pub latency_jitter_ms: u64,
+    /// Share of `/api` calls answered `error_status` without doing anything.
+    pub error_rate: f64,
+    /// Status of those answers (default 503).
+    pub error_status: Option<u16>,
+    /// Share of `POST /api/tickets` that store the ticket and then fail.
+    pub fail_after_commit_rate: f64,
+    /// How those fail.
+    pub fail_after_commit: CommitFailure,
+}
+
+/// How the simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// HTTP Basic username it accepts.
+    pub username: String,
+    /// HTTP Basic password (API key) it accepts.
+    pub api_key: String,
+    /// A bearer token it also accepts, if any.
+    pub access_token: Option<String>,
+    /// The account's limit: calls per window; `None` for no limit.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// Customers to preload.
+    pub seed_customers: usize,
+    /// Initial faults.
+    pub faults: Faults,
+    /// The `ticket-assignment` setting's channels (the recording's by default, with `sms`).
+    pub assignment_channels: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            username: crate::config::SANDBOX_USERNAME.into(),
+            api_key: crate::config::SANDBOX_API_KEY.into(),
+            access_token: None,
+            rate_limit: Some((40, Duration::from_secs(20))),
+            seed_customers: 0,
+            faults: Faults::default(),
+            assignment_channels: [
+                "chat",
+                "facebook-messenger",
+                "instagram-direct-message",
+                "sms",
+                "twitter-direct-message",
+                "whatsapp",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// Credentials the simulator accepts; changeable at run time (to test readiness).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Basic username.
+    pub username: String,
+    /// Basic password.
+    pub api_key: String,
+    /// Bearer token.
+    #[serde(default)]
+    pub access_token: Option<String>,
+}
+
+/// Shared state of a running simulator.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    data: Mutex<Data>,
+    control: Mutex<Control>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub faults: Faults,
+    pub credentials: Credentials,
+    pub bucket: Option<Bucket>,
+    pub assignment_channels: Vec<String>,
+}
+
+impl Shared {
+    /// The data lock. A poisoned lock only means a handler panicked mid-update; the simulator
+    /// keeps serving what is there rather than failing every later call.
+    pub(crate) fn data(&self) -> MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
+        self.control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A running simulator; stops when dropped.
+#[derive(Debug)]
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Simulator {
+    /// Binds `addr` (port 0 for any) and serves in the background on the current runtime.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn spawn(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut data = Data::new();
+        data.seed(config.seed_customers);
+        let shared = Arc::new(Shared {
+            data: Mutex::new(data),
+            control: Mutex::new(Control {
+                faults: config.faults,
+                credentials: Credentials {
+                    username: config.username,
+                    api_key: config.api_key,
+                    access_token: config.access_token,
+                },
+                bucket: config.rate_limit.map(|(n, w)| Bucket::new(n, w)),
+                assignment_channels: config.assignment_channels,
+            }),
+        });
+        let app = routes::router(shared.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            shared,
+            _stop: stop,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/`, the base URL to give the client.
+    pub fn url(&self) -> Url {
+        // A socket address always forms a valid URL.
+        Url::parse(&format!("http://{}/", self.addr)).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.data().stats.clone()
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.control().faults = faults;
+    }
+
+    /// Replaces the accepted credentials.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.shared.control().credentials = credentials;
+    }
+
+    /// Replaces the `ticket-assignment` channels.
+    pub fn set_assignment_channels(&self, channels: Vec<String>) {
+        self.shared.control().assignment_channels = channels;
+    }
+
+    /// Adds a customer directly (no call counted); returns its id.
+    pub fn add_customer(&self, email: Option<&str>, phone: Option<&str>) -> u64 {
+        let mut channels = Vec::new();
+        if let Some(e) = email {
+            channels.push(("email".to_owned(), e.to_owned()));
+        }
+        if let Some(p) = phone {
+            channels.push(("phone".to_owned(), p.to_owned()));
+        }
+        self.shared
+            .data()
+            .insert_customer(email.map(str::to_owned), channels)
+    }
+
+    /// Every stored ticket's `external_id` (`None` when unset), in creation order.
+    pub fn ticket_external_ids(&self) -> Vec<Option<String>> {
+        let data = self.shared.data();
+        data.ticket_order
+            .iter()
+            .filter_map(|id| data.tickets.get(id))
+            .map(|t| {
+                t.get("external_id")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// A stored ticket by id.
+    pub fn ticket(&self, id: u64) -> Option<serde_json::Value> {
+        self.shared.data().tickets.get(&id).cloned()
+    }
+}

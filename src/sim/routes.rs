@@ -1,0 +1,698 @@
+//! The simulator's HTTP surface: Gorgias's endpoints under `/api`, control under `/_sim`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::state::{now_iso, normalize};
+use super::{CommitFailure, Credentials, Faults, Shared};
+
+type Sim = State<Arc<Shared>>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/account/settings", get(account_settings))
+        .route("/api/customers", get(list_customers).post(create_customer))
+        .route("/api/customers/{id}", get(get_customer))
+        .route("/api/search", post(search))
+        .route("/api/tickets", get(list_tickets).post(create_ticket))
+        .route("/api/tickets/{id}", get(get_ticket))
+        .fallback(|| async { gorgias_error(StatusCode::NOT_FOUND, "Resource not found.", None) })
+        .layer(middleware::from_fn_with_state(shared.clone(), account_gate));
+    let control = Router::new()
+        .route("/_sim/stats", get(stats))
+        .route("/_sim/faults", get(get_faults).post(set_faults))
+        .route("/_sim/credentials", post(set_credentials))
+        .route("/_sim/tickets", get(all_tickets));
+    api.merge(control).with_state(shared)
+}
+
+/// `{"error": {"msg": ..., "data": ...}}` with the status.
+fn gorgias_error(status: StatusCode, msg: &str, data: Option<Value>) -> Response {
+    let mut inner = json!({"msg": msg});
+    if let Some(d) = data {
+        inner["data"] = d;
+    }
+    (status, Json(json!({"error": inner}))).into_response()
+}
+
+/// What every `/api` call goes through, in Gorgias's order as far as it is known: counted,
+/// authenticated, charged to the account's bucket, then subject to the configured faults.
+async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let key = format!("{} {route}", req.method());
+    {
+        let mut data = sim.data();
+        data.stats.requests_total += 1;
+        *data.stats.requests.entry(key).or_default() += 1;
+    }
+    let (authorized, usage, faults) = {
+        let mut control = sim.control();
+        let authorized = is_authorized(&control.credentials, &req);
+        let usage = if authorized {
+            control.bucket.as_mut().map(super::state::Bucket::take)
+        } else {
+            None
+        };
+        (authorized, usage, control.faults.clone())
+    };
+    if !authorized {
+        return gorgias_error(StatusCode::UNAUTHORIZED, "Unauthorized.", None);
+    }
+    let usage_header = match usage {
+        Some(Err(wait)) => {
+            sim.data().stats.rate_limited += 1;
+            let mut resp = gorgias_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests. Please retry after the delay in the Retry-After header.",
+                None,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            let used = sim
+                .control()
+                .bucket
+                .as_ref()
+                .map(super::state::Bucket::usage)
+                .unwrap_or_default();
+            set_usage(&mut resp, &used);
+            return resp;
+        }
+        Some(Ok(used)) => Some(used),
+        None => None,
+    };
+    let delay = faults.latency_ms
+        + if faults.latency_jitter_ms > 0 {
+            fastrand::u64(0..=faults.latency_jitter_ms)
+        } else {
+            0
+        };
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut resp = if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
+        let status = faults
+            .error_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        gorgias_error(status, "Injected fault.", None)
+    } else {
+        next.run(req).await
+    };
+    if let Some(used) = usage_header {
+        set_usage(&mut resp, &used);
+    }
+    resp
+}
+
+fn set_usage(resp: &mut Response, used: &str) {
+    if let Ok(v) = HeaderValue::from_str(used) {
+        resp.headers_mut()
+            .insert("x-gorgias-account-api-call-limit", v);
+    }
+}
+
+fn is_authorized(creds: &Credentials, req: &Request) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    if let Some(b64) = value.strip_prefix("Basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return false;
+        };
+        let expected = format!("{}:{}", creds.username, creds.api_key);
+        return decoded == expected.as_bytes();
+    }
+    if let (Some(token), Some(expected)) = (value.strip_prefix("Bearer "), &creds.access_token) {
+        return token.trim() == expected;
+    }
+    false
+}
+
+async fn account_settings(State(sim): Sim) -> Response {
+    let channels = sim.control().assignment_channels.clone();
+    let mut body: Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/get-account-settings.json"
+    ))
+    .map(|v: Value| v["body"].clone())
+    .unwrap_or_else(|_| json!({"data": []}));
+    if let Some(items) = body["data"].as_array_mut() {
+        for item in items {
+            if item["type"] == "ticket-assignment" {
+                item["data"]["assignment_channels"] = json!(channels);
+            }
+        }
+    }
+    Json(body).into_response()
+}
+
+fn list_envelope(data: Vec<Value>, uri: String, next_cursor: Option<String>) -> Value {
+    json!({"data": data, "object": "list", "uri": uri,
+           "meta": {"prev_cursor": null, "next_cursor": next_cursor}})
+}
+
+fn parse_limit(q: &HashMap<String, String>) -> Result<usize, Response> {
+    match q.get("limit") {
+        None => Ok(30),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n @ 1..=100) => Ok(n),
+            _ => Err(gorgias_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameters.",
+                Some(json!({"limit": ["Must be between 1 and 100."]})),
+            )),
+        },
+    }
+}
+
+async fn list_customers(State(sim): Sim, Query(q): Query<HashMap<String, String>>) -> Response {
+    let limit = match parse_limit(&q) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let data = sim.data();
+    if let Some(email) = q.get("email") {
+        let hit = data
+            .by_email
+            .get(&email.to_lowercase())
+            .and_then(|id| data.customers.get(id))
+            .map(super::state::CustomerRec::list_item);
+        let uri = format!("/api/customers?email={}", urlencode(email));
+        return Json(list_envelope(hit.into_iter().collect(), uri, None)).into_response();
+    }
+    // Cursor paging by id, newest first (Gorgias's default order is created_datetime:desc).
+    let after: Option<u64> = q.get("cursor").and_then(|c| c.parse().ok());
+    let mut ids: Vec<u64> = data
+        .customers
+        .keys()
+        .copied()
+        .filter(|id| after.is_none_or(|a| *id < a))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let page: Vec<Value> = ids
+        .iter()
+        .take(limit)
+        .filter_map(|id| data.customers.get(id))
+        .map(super::state::CustomerRec::list_item)
+        .collect();
+    let next = (ids.len() > limit).then(|| ids[limit - 1].to_string());
+    Json(list_envelope(page, format!("/api/customers?limit={limit}"), next)).into_response()
+}
+
+async fn get_customer(State(sim): Sim, Path(id): Path<String>) -> Response {
+    let data = sim.data();
+    match id.parse::<u64>().ok().and_then(|id| data.customers.get(&id)) {
+        Some(c) => Json(c.full()).into_response(),
+        None => gorgias_error(StatusCode::NOT_FOUND, "Resource not found.", None),
+    }
+}
+
+fn read_json(body: &Bytes) -> Result<Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(gorgias_error(
+            StatusCode::BAD_REQUEST,
+            "Invalid JSON body.",
+            None,
+        )),
+    }
+}
+
+const MISSING: &str = "Missing data for required field.";
+
+async fn create_customer(State(sim): Sim, body: Bytes) -> Response {
+    let m = match read_json(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let mut errors = Map::new();
+    let mut channels = Vec::new();
+    match m.get("channels") {
+        Some(Value::Array(list)) => {
+            for (i, c) in list.iter().enumerate() {
+                let kind = c.get("type").and_then(Value::as_str);
+                let address = c.get("address").and_then(Value::as_str);
+                match (kind, address) {
+                    (Some(k), Some(a)) if !a.is_empty() && a.chars().count() <= 320 => {
+                        channels.push((k.to_owned(), a.to_owned()));
+                    }
+                    _ => {
+                        errors.insert(
+                            "channels".into(),
+                            json!({ i.to_string(): {"address": ["Invalid channel."]} }),
+                        );
+                    }
+                }
+            }
+        }
+        None => {}
+        Some(_) => {
+            errors.insert("channels".into(), json!(["Not a valid list."]));
+        }
+    }
+    let email = match m.get("email") {
+        Some(Value::String(e)) => Some(e.clone()),
+        None | Some(Value::Null) => channels
+            .iter()
+            .find(|(k, _)| k == "email")
+            .map(|(_, a)| a.clone()),
+        Some(_) => {
+            errors.insert("email".into(), json!(["Not a valid string."]));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return gorgias_error(
+            StatusCode::BAD_REQUEST,
+            "Failed to create customer",
+            Some(Value::Object(errors)),
+        );
+    }
+    let mut data = sim.data();
+    let taken = email
+        .iter()
+        .chain(channels.iter().filter(|(k, _)| k == "email").map(|(_, a)| a))
+        .any(|e| data.by_email.contains_key(&e.to_lowercase()));
+    if taken {
+        return gorgias_error(StatusCode::CONFLICT, "The resource already exists.", None);
+    }
+    let id = data.insert_customer(email, channels);
+    data.stats.customers_created += 1;
+    let full = data.customers.get(&id).map(super::state::CustomerRec::full);
+    (StatusCode::CREATED, Json(full)).into_response()
+}
+
+const SEARCH_TYPES: &[&str] = &[
+    "agent",
+    "customer",
+    "customer_profile",
+    "customer_channel",
+    "customer_channel_email",
+    "customer_channel_phone",
+    "customers_by_phone",
+    "integration",
+    "team",
+    "tag",
+];
+
+async fn search(State(sim): Sim, body: Bytes) -> Response {
+    let m = match read_json(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let kind = m.get("type").and_then(Value::as_str).unwrap_or_default();
+    let query = m.get("query").and_then(Value::as_str).unwrap_or_default();
+    let size = m.get("size").map_or(Some(10), Value::as_u64);
+    let mut errors = Map::new();
+    if !SEARCH_TYPES.contains(&kind) {
+        errors.insert("type".into(), json!(["Must be one of the search types."]));
+    }
+    if !matches!(size, Some(1..=50)) {
+        errors.insert("size".into(), json!(["Must be between 1 and 50."]));
+    }
+    if !errors.is_empty() {
+        return gorgias_error(
+            StatusCode::BAD_REQUEST,
+            "Invalid search.",
+            Some(Value::Object(errors)),
+        );
+    }
+    let size = size.unwrap_or(10) as usize;
+    let data = sim.data();
+    let hits: Vec<Value> = match kind {
+        "customer_channel_phone" | "customers_by_phone" => {
+            let q = normalize(query);
+            if q.is_empty() || q == "+" {
+                Vec::new()
+            } else {
+                data.phones
+                    .range(q.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&q))
+                    .flat_map(|(_, owners)| owners.iter())
+                    .filter_map(|(cid, idx)| {
+                        let c = data.customers.get(cid)?;
+                        Some(c.channel(c.channels.get(*idx)?))
+                    })
+                    .take(size)
+                    .collect()
+            }
+        }
+        "customer_channel_email" => {
+            let q = query.to_lowercase();
+            data.customers
+                .values()
+                .flat_map(|c| c.channels.iter().map(move |ch| (c, ch)))
+                .filter(|(_, ch)| ch.kind == "email" && ch.address.to_lowercase().starts_with(&q))
+                .take(size)
+                .map(|(c, ch)| c.channel(ch))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({"data": hits, "object": "list", "uri": "/api/search"})),
+    )
+        .into_response()
+}
+
+const VIA: &[&str] = &[
+    "aircall",
+    "api",
+    "chat",
+    "contact_form",
+    "email",
+    "facebook",
+    "facebook-mention",
+    "facebook-messenger",
+    "facebook-recommendations",
+    "form",
+    "gorgias_chat",
+    "help-center",
+    "helpdesk",
+    "instagram",
+    "instagram-ad-comment",
+    "instagram-comment",
+    "instagram-direct-message",
+    "instagram-mention",
+    "internal-note",
+    "offline_capture",
+    "phone",
+    "rule",
+    "self_service",
+    "shopify",
+    "sms",
+    "twilio",
+    "twitter",
+    "twitter-direct-message",
+    "whatsapp",
+    "yotpo",
+    "yotpo-review",
+    "zendesk",
+];
+
+/// Gorgias's ticket validation, as far as it is documented: 1..=500 messages, each with
+/// `channel`, `via` (from the enum) and `from_agent`; an incoming message names its sender by
+/// id or email; `external_id`s at most 255.
+fn validate_ticket(m: &Map<String, Value>) -> Map<String, Value> {
+    let mut errors = Map::new();
+    if let Some(ext) = m.get("external_id").and_then(Value::as_str) {
+        if ext.chars().count() > 255 {
+            errors.insert("external_id".into(), json!(["Longer than maximum length 255."]));
+        }
+    }
+    if let Some(via) = m.get("via") {
+        if !via.as_str().is_some_and(|v| VIA.contains(&v)) {
+            errors.insert("via".into(), json!(["Must be one of the allowed values."]));
+        }
+    }
+    let Some(messages) = m.get("messages") else {
+        errors.insert("messages".into(), json!([MISSING]));
+        return errors;
+    };
+    let Some(list) = messages.as_array() else {
+        errors.insert("messages".into(), json!(["Not a valid list."]));
+        return errors;
+    };
+    if list.is_empty() || list.len() > 500 {
+        errors.insert("messages".into(), json!(["Length must be between 1 and 500."]));
+        return errors;
+    }
+    let mut per_message = Map::new();
+    for (i, msg) in list.iter().enumerate() {
+        let mut e = Map::new();
+        for field in ["channel", "via", "from_agent"] {
+            if msg.get(field).is_none_or(Value::is_null) {
+                e.insert(field.into(), json!([MISSING]));
+            }
+        }
+        if msg.get("via").and_then(Value::as_str).is_some_and(|v| !VIA.contains(&v)) {
+            e.insert("via".into(), json!(["Must be one of the allowed values."]));
+        }
+        if msg.get("from_agent").is_some_and(|v| !v.is_boolean() && !v.is_null()) {
+            e.insert("from_agent".into(), json!(["Not a valid boolean."]));
+        }
+        let incoming = msg.get("from_agent") == Some(&Value::Bool(false));
+        let sender_ok = msg
+            .get("sender")
+            .is_some_and(|s| s.get("id").is_some_and(Value::is_u64) || s.get("email").is_some_and(Value::is_string));
+        if incoming && !sender_ok {
+            e.insert("sender".into(), json!(["An incoming message needs a sender with an id or an email."]));
+        }
+        if msg
+            .get("external_id")
+            .and_then(Value::as_str)
+            .is_some_and(|x| x.chars().count() > 255)
+        {
+            e.insert("external_id".into(), json!(["Longer than maximum length 255."]));
+        }
+        if !e.is_empty() {
+            per_message.insert(i.to_string(), Value::Object(e));
+        }
+    }
+    if !per_message.is_empty() {
+        errors.insert("messages".into(), Value::Object(per_message));
+    }
+    errors
+}
+
+async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
+    let m = match read_json(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let errors = validate_ticket(&m);
+    if !errors.is_empty() {
+        return gorgias_error(
+            StatusCode::BAD_REQUEST,
+            "Failed to create ticket",
+            Some(Value::Object(errors)),
+        );
+    }
+    let (commit_rate, commit_mode) = {
+        let c = sim.control();
+        (c.faults.fail_after_commit_rate, c.faults.fail_after_commit)
+    };
+    let ticket = {
+        let mut data = sim.data();
+        // The customer: by id (must exist) or by email (found or created, as Gorgias matches
+        // tickets to customer profiles by email).
+        let customer_ref = m.get("customer").cloned().unwrap_or(Value::Null);
+        let customer_id = match (
+            customer_ref.get("id").and_then(Value::as_u64),
+            customer_ref.get("email").and_then(Value::as_str),
+        ) {
+            (Some(id), _) if data.customers.contains_key(&id) => Some(id),
+            (Some(_), _) => {
+                return gorgias_error(
+                    StatusCode::BAD_REQUEST,
+                    "Failed to create ticket",
+                    Some(json!({"customer": {"id": ["Customer does not exist."]}})),
+                );
+            }
+            (None, Some(email)) => Some(match data.by_email.get(&email.to_lowercase()) {
+                Some(id) => *id,
+                None => data.insert_customer(
+                    Some(email.to_owned()),
+                    vec![("email".into(), email.to_owned())],
+                ),
+            }),
+            (None, None) => None,
+        };
+        let ticket_id = data.next_ticket_id();
+        let now = now_iso();
+        let customer = customer_id.and_then(|id| data.customers.get(&id).cloned());
+        let person = customer.as_ref().map_or(Value::Null, |c| c.person());
+        let mut customer_full = customer.as_ref().map_or(Value::Null, |c| {
+            let mut p = c.person();
+            p["channels"] = c.channels.iter().map(|ch| c.channel(ch)).collect();
+            p["data"] = Value::Null;
+            p["customer"] = Value::Null;
+            p["integrations"] = json!({});
+            p["external_id"] = Value::Null;
+            p["note"] = Value::Null;
+            p
+        });
+        let channel = m.get("channel").cloned().unwrap_or(json!("api"));
+        let mut messages = Vec::new();
+        for msg in m.get("messages").and_then(Value::as_array).into_iter().flatten() {
+            let mid = data.next_message_id();
+            let attachments = match msg.get("attachments").and_then(Value::as_array) {
+                Some(list) if !list.is_empty() => Value::Array(
+                    list.iter()
+                        .map(|a| {
+                            json!({"url": a.get("url"), "name": a.get("name"), "size": a.get("size"),
+                                   "content_type": a.get("content_type"), "public": true})
+                        })
+                        .collect(),
+                ),
+                _ => Value::Null,
+            };
+            let msg_channel = msg.get("channel").cloned().unwrap_or(channel.clone());
+            let sender = match msg.get("sender").and_then(|s| s.get("id")).and_then(Value::as_u64) {
+                Some(id) => data.customers.get(&id).map_or(Value::Null, |c| c.person()),
+                None => person.clone(),
+            };
+            messages.push(json!({
+                "id": mid,
+                "uri": format!("/api/tickets/{ticket_id}/messages/{mid}/"),
+                "message_id": null, "ticket_id": ticket_id,
+                "external_id": msg.get("external_id"),
+                "public": true, "channel": msg_channel, "via": msg.get("via"),
+                "source": {"type": msg_channel},
+                "sender": sender,
+                "integration_id": null, "intents": [], "rule_id": null,
+                "from_agent": msg.get("from_agent"), "receiver": null,
+                "subject": msg.get("subject"),
+                "body_text": msg.get("body_text"), "body_html": msg.get("body_html"),
+                "stripped_text": null, "stripped_html": null, "stripped_signature": null,
+                "attachments": attachments, "macros": [], "actions": null, "meta": null,
+                "created_datetime": now, "sent_datetime": now, "failed_datetime": null,
+                "opened_datetime": null, "last_sending_error": null, "is_retriable": true
+            }));
+        }
+        if customer_full.is_null() {
+            customer_full = Value::Null;
+        }
+        let ticket = json!({
+            "id": ticket_id,
+            "uri": format!("/api/tickets/{ticket_id}/"),
+            "external_id": m.get("external_id"),
+            "events": [], "status": m.get("status").cloned().unwrap_or(json!("open")),
+            "priority": m.get("priority").cloned().unwrap_or(json!("normal")),
+            "channel": channel, "via": m.get("via").cloned().unwrap_or(json!("api")),
+            "from_agent": m.get("from_agent").cloned().unwrap_or(json!(false)),
+            "spam": false,
+            "customer": customer_full.clone(),
+            "assignee_user": null, "assignee_user_id": null,
+            "assignee_team": null, "assignee_team_id": null,
+            "language": null, "subject": m.get("subject"), "meta": null, "tags": [],
+            "messages": messages,
+            "created_datetime": now, "opened_datetime": now,
+            "last_received_message_datetime": now, "last_message_datetime": now,
+            "updated_datetime": now, "closed_datetime": null, "trashed_datetime": null,
+            "snooze_datetime": null, "satisfaction_survey": null,
+            "reply_options": {"email": {"answerable": true}, "internal-note": {"answerable": true},
+                              "phone": {"answerable": true}},
+            "requester": customer_full,
+            "is_unread": true
+        });
+        data.store_ticket(ticket_id, ticket.clone());
+        ticket
+    };
+    if commit_rate > 0.0 && fastrand::f64() < commit_rate {
+        return match commit_mode {
+            CommitFailure::Status500 => gorgias_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+                None,
+            ),
+            CommitFailure::Drop => dropped_connection(),
+        };
+    }
+    (StatusCode::CREATED, Json(ticket)).into_response()
+}
+
+/// An answer whose body fails at once, so hyper cuts the connection before a complete
+/// response reaches the client: the "connection lost after sending" case.
+fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("simulated connection drop"))
+    });
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn list_tickets(State(sim): Sim, Query(q): Query<HashMap<String, String>>) -> Response {
+    let limit = match parse_limit(&q) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let data = sim.data();
+    let ids: Vec<u64> = match q.get("external_id") {
+        Some(ext) => data.by_external_id.get(ext).cloned().unwrap_or_default(),
+        None => data.ticket_order.clone(),
+    };
+    // Newest first, as Gorgias's default order.
+    let page: Vec<Value> = ids
+        .iter()
+        .rev()
+        .take(limit)
+        .filter_map(|id| data.tickets.get(id).cloned())
+        .collect();
+    Json(list_envelope(page, "/api/tickets".into(), None)).into_response()
+}
+
+async fn get_ticket(State(sim): Sim, Path(id): Path<String>) -> Response {
+    let data = sim.data();
+    match id.parse::<u64>().ok().and_then(|id| data.tickets.get(&id)) {
+        Some(t) => Json(t.clone()).into_response(),
+        None => gorgias_error(StatusCode::NOT_FOUND, "Resource not found.", None),
+    }
+}
+
+async fn stats(State(sim): Sim) -> Json<super::Stats> {
+    Json(sim.data().stats.clone())
+}
+
+async fn get_faults(State(sim): Sim) -> Json<Faults> {
+    Json(sim.control().faults.clone())
+}
+
+async fn set_faults(State(sim): Sim, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            sim.control().faults = f.clone();
+            Json(f).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": {"msg": e.to_string()}})))
+            .into_response(),
+    }
+}
+
+async fn set_credentials(State(sim): Sim, body: Bytes) -> Response {
+    match serde_json::from_slice::<Credentials>(&body) {
+        Ok(c) => {
+            sim.control().credentials = c;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": {"msg": e.to_string()}})))
+            .into_response(),
+    }
+}
+
+/// Every ticket as `{id, external_id}`, for duplicate checks by scripts.
+async fn all_tickets(State(sim): Sim) -> Json<Value> {
+    let data = sim.data();
+    let list: Vec<Value> = data
+        .ticket_order
+        .iter()
+        .filter_map(|id| data.tickets.get(id))
+        .map(|t| json!({"id": t.get("id"), "external_id": t.get("external_id")}))
+        .collect();
+    Json(json!({"data": list}))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

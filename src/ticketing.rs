@@ -1,0 +1,305 @@
+//! The create-ticket use case: find or create the customer, pick the channel, create the ticket
+//! exactly once. Knows Gorgias only through [`GorgiasClient`].
+//!
+//! Call budget (the account allows 40 calls per 20 s, so calls per ticket decide how many
+//! tickets an account can open): a returning customer with warm caches costs 1 call (the ticket);
+//! a new one costs at most 4 (email lookup, phone search, create, ticket).
+
+use std::time::Duration;
+
+use moka::future::Cache;
+use tokio::time::Instant;
+
+use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
+use crate::gorgias::models::{NewAttachment, NewTicketBody, NewTicketMessage, PersonRef};
+use crate::gorgias::{Customer, GorgiasClient, GorgiasError};
+use crate::output::{MappingError, Ticket};
+
+/// How the use case caches and decides.
+#[derive(Debug, Clone)]
+pub struct TicketingSettings {
+    /// How long a resolved customer is reused without asking Gorgias again.
+    pub customer_cache_ttl: Duration,
+    /// How many resolved customers are kept at most.
+    pub customer_cache_capacity: u64,
+    /// How long the account's ticket channel is reused.
+    pub settings_ttl: Duration,
+    /// A fixed ticket channel (`TICKET_CHANNEL`), which skips the settings lookup.
+    pub channel_override: Option<String>,
+}
+
+impl Default for TicketingSettings {
+    fn default() -> Self {
+        Self {
+            customer_cache_ttl: Duration::from_secs(600),
+            customer_cache_capacity: 100_000,
+            settings_ttl: Duration::from_secs(300),
+            channel_override: None,
+        }
+    }
+}
+
+/// Why a ticket could not be created.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TicketingError {
+    /// A Gorgias call failed.
+    #[error(transparent)]
+    Gorgias(#[from] GorgiasError),
+    /// Gorgias answered with something that is not a ticket.
+    #[error("Gorgias answered with something that is not a ticket: {0}")]
+    Mapping(#[from] MappingError),
+}
+
+/// The use case and its caches; one per process, cheap to clone.
+#[derive(Clone)]
+pub struct Ticketing {
+    client: GorgiasClient,
+    customers: Cache<String, Customer>,
+    channel: Cache<(), String>,
+    channel_override: Option<String>,
+}
+
+/// How many times a create whose outcome was unknown is reconciled and sent again.
+const MAX_CREATE_TRIES: usize = 4;
+
+impl Ticketing {
+    /// Builds the use case over a client.
+    pub fn new(client: GorgiasClient, settings: TicketingSettings) -> Self {
+        Self {
+            client,
+            customers: Cache::builder()
+                .max_capacity(settings.customer_cache_capacity)
+                .time_to_live(settings.customer_cache_ttl)
+                .build(),
+            channel: Cache::builder()
+                .max_capacity(1)
+                .time_to_live(settings.settings_ttl)
+                .build(),
+            channel_override: settings.channel_override,
+        }
+    }
+
+    /// The Gorgias client, for health checks.
+    pub fn client(&self) -> &GorgiasClient {
+        &self.client
+    }
+
+    /// Fetches the account's channel ahead of the first ticket, so that ticket stays within
+    /// its call budget. Failure is only logged: the first ticket will try again.
+    pub async fn warm_up(&self, deadline: Instant) {
+        if let Err(e) = self.ticket_channel(deadline).await {
+            tracing::warn!(error = %e, "could not read the Gorgias account settings at start-up");
+        }
+    }
+
+    /// Opens the ticket: customer, channel, then the ticket itself, created at most once per
+    /// `external_id` even when Gorgias fails after saving it.
+    ///
+    /// # Errors
+    /// A [`TicketingError`] when Gorgias refuses, fails past our retries, or answers garbage.
+    pub async fn create_ticket(
+        &self,
+        t: &NewTicket,
+        external_id: &str,
+        deadline: Instant,
+    ) -> Result<Ticket, TicketingError> {
+        let customer = self.customer(t, deadline).await?;
+        let channel = self.ticket_channel(deadline).await?;
+        let email = customer
+            .email
+            .as_deref()
+            .or(t.email.as_ref().map(|e| e.as_str()));
+        let person = PersonRef {
+            id: customer.id,
+            email,
+        };
+        let body = NewTicketBody {
+            customer: person,
+            channel: &channel,
+            via: "api",
+            from_agent: false,
+            external_id,
+            messages: t
+                .messages
+                .iter()
+                .map(|m| NewTicketMessage {
+                    channel: &channel,
+                    via: "api",
+                    from_agent: false,
+                    sender: person,
+                    external_id: m.id.as_str(),
+                    body_text: &m.body_text,
+                    body_html: &m.body_html,
+                    attachments: m
+                        .attachments
+                        .iter()
+                        .map(|a| NewAttachment {
+                            url: a.url.as_str(),
+                            name: &a.name,
+                            size: a.size,
+                            content_type: a.content_type.as_str(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let wire = self.create_once(&body, deadline).await?;
+        Ok(Ticket::from_gorgias(&wire.0)?)
+    }
+
+    /// Creates the ticket; after an ambiguous failure (timeout, lost connection, 5xx) looks it
+    /// up by `external_id` and answers with the one that exists rather than creating a twin.
+    async fn create_once(
+        &self,
+        body: &NewTicketBody<'_>,
+        deadline: Instant,
+    ) -> Result<crate::gorgias::WireTicket, GorgiasError> {
+        let mut delays = self.client.retry_delays();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match self.client.create_ticket(body, deadline).await {
+                Ok(t) => return Ok(t),
+                Err(e) if e.is_ambiguous() => e,
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(error = %err, "ticket create outcome unknown; reconciling by external_id");
+            if let Some(found) = self.find_ticket(body.external_id, deadline).await? {
+                crate::metrics::reconciled();
+                return Ok(found);
+            }
+            let wait = delays.next().unwrap_or(Duration::from_millis(200));
+            if tries >= MAX_CREATE_TRIES || Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn find_ticket(
+        &self,
+        external_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<crate::gorgias::WireTicket>, GorgiasError> {
+        let found = self.client.tickets_by_external_id(external_id, deadline).await?;
+        let Some(first) = found.into_iter().find(|t| t.external_id() == Some(external_id)) else {
+            return Ok(None);
+        };
+        // A list item may be abridged; fetch the full ticket when its messages are missing.
+        if first.0.get("messages").is_some_and(serde_json::Value::is_array) {
+            return Ok(Some(first));
+        }
+        match first.0.get("id").and_then(serde_json::Value::as_u64) {
+            Some(id) => self.client.ticket(id, deadline).await.map(Some),
+            None => Ok(Some(first)),
+        }
+    }
+
+    /// The channel every ticket is opened on: `TICKET_CHANNEL`, else `phone` when the account
+    /// auto-assigns SMS tickets, else `email` (the reference flow's rule).
+    async fn ticket_channel(&self, deadline: Instant) -> Result<String, GorgiasError> {
+        if let Some(c) = &self.channel_override {
+            return Ok(c.clone());
+        }
+        let client = &self.client;
+        self.channel
+            .try_get_with((), async move {
+                let channels = client.assignment_channels(deadline).await?;
+                let channel = if channels.iter().any(|c| c == "sms") {
+                    "phone"
+                } else {
+                    "email"
+                };
+                Ok::<_, GorgiasError>(channel.to_owned())
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The Gorgias customer for this caller, from the cache or resolved once even when many
+    /// requests for the same new customer arrive together (single-flight).
+    async fn customer(&self, t: &NewTicket, deadline: Instant) -> Result<Customer, GorgiasError> {
+        let key = format!(
+            "{}\u{1f}{}",
+            t.email
+                .as_ref()
+                .map(|e| e.as_str().to_ascii_lowercase())
+                .unwrap_or_default(),
+            t.phone.normalized()
+        );
+        let entry = self
+            .customers
+            .entry(key)
+            .or_try_insert_with(self.resolve_customer(t, deadline))
+            .await
+            .map_err(|e| (*e).clone())?;
+        crate::metrics::customer_cache(!entry.is_fresh());
+        Ok(entry.into_value())
+    }
+
+    async fn resolve_customer(
+        &self,
+        t: &NewTicket,
+        deadline: Instant,
+    ) -> Result<Customer, GorgiasError> {
+        if let Some(found) = self.lookup_customer(t, deadline).await? {
+            return Ok(found);
+        }
+        let email = t.email.as_ref().map(|e| e.as_str());
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .client
+                .create_customer(email, t.phone.as_str(), deadline)
+                .await
+            {
+                Ok(c) => return Ok(c),
+                // Someone created it meanwhile (409), or our create may have landed (ambiguous):
+                // look again before anything else.
+                Err(e)
+                    if matches!(e, GorgiasError::Rejected { status: 409, .. })
+                        || e.is_ambiguous() =>
+                {
+                    if let Some(found) = self.lookup_customer(t, deadline).await? {
+                        return Ok(found);
+                    }
+                    if !e.is_ambiguous() || tries >= MAX_CREATE_TRIES {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// By email when given (one call), else or when not found by phone search (one call).
+    async fn lookup_customer(
+        &self,
+        t: &NewTicket,
+        deadline: Instant,
+    ) -> Result<Option<Customer>, GorgiasError> {
+        if let Some(email) = &t.email {
+            let found = self.client.customers_by_email(email.as_str(), deadline).await?;
+            if let Some(c) = found.into_iter().next() {
+                return Ok(Some(c));
+            }
+        }
+        self.find_by_phone(&t.phone, deadline).await
+    }
+
+    async fn find_by_phone(
+        &self,
+        phone: &PhoneNumber,
+        deadline: Instant,
+    ) -> Result<Option<Customer>, GorgiasError> {
+        let hits = self.client.search_phone(phone.as_str(), deadline).await?;
+        // Search is a prefix/fuzzy match; only the exact number (after normalising both) counts.
+        Ok(hits
+            .into_iter()
+            .filter(|h| normalize_phone(&h.address) == phone.normalized())
+            .map(|h| h.customer_id)
+            .min()
+            .map(|id| Customer { id, email: None }))
+    }
+}
