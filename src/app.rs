@@ -44,11 +44,14 @@ impl AppState {
     }
 }
 
+/// When a readiness check ran, and what it found (the reason when not ready).
+type Verdict = (Instant, Result<(), String>);
+
 /// `/readyz`'s verdict, cached so probes do not spend the account's call budget.
 #[derive(Clone)]
 pub struct Readiness {
     ttl: Duration,
-    last: Arc<Mutex<Option<(Instant, Result<(), String>)>>>,
+    last: Arc<Mutex<Option<Verdict>>>,
 }
 
 impl Readiness {
@@ -66,10 +69,10 @@ impl Readiness {
     pub async fn check(&self, ticketing: &Ticketing) -> Result<(), ApiError> {
         // The lock is held across the call on purpose: concurrent probes share one check.
         let mut last = self.last.lock().await;
-        if let Some((at, verdict)) = last.as_ref() {
-            if at.elapsed() < self.ttl {
-                return verdict.clone().map_err(ApiError::NotReady);
-            }
+        if let Some((at, verdict)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return verdict.clone().map_err(ApiError::NotReady);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let verdict = match ticketing.client().assignment_channels(deadline).await {

@@ -76,7 +76,11 @@ pub enum ConfigError {
 
 /// Command line; every flag can also come from the environment variable it names.
 #[derive(Debug, Parser)]
-#[command(name = "gorgias-proxy", version, about = "Opens Gorgias tickets for internal services.")]
+#[command(
+    name = "gorgias-proxy",
+    version,
+    about = "Opens Gorgias tickets for internal services."
+)]
 pub struct Cli {
     /// A one-shot command instead of serving.
     #[command(subcommand)]
@@ -160,7 +164,8 @@ impl Cli {
         };
         let mut config = Config::with_gorgias(base_url, auth);
         config.listen = self.listen;
-        config.gorgias.attempt_timeout = positive_ms("GORGIAS_TIMEOUT_MS", self.gorgias_timeout_ms)?;
+        config.gorgias.attempt_timeout =
+            positive_ms("GORGIAS_TIMEOUT_MS", self.gorgias_timeout_ms)?;
         config.request_deadline = positive_ms("REQUEST_DEADLINE_MS", self.request_deadline_ms)?;
         if let Some(spec) = &self.gorgias_rate_limit {
             config.gorgias.rate_limit = parse_rate_limit(spec)?;
@@ -237,9 +242,7 @@ fn sandbox_placeholder() -> (Url, Auth) {
 
 fn domain_url(domain: &str) -> Result<Url, ConfigError> {
     let d = domain.trim();
-    let ok = !d.is_empty()
-        && d.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = !d.is_empty() && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !ok {
         return Err(invalid(
             "GORGIAS_DOMAIN",
@@ -324,8 +327,14 @@ mod tests {
             ..cli(&[])
         };
         let config = c.into_config().unwrap();
-        assert_eq!(config.gorgias.base_url.as_str(), "https://acme.gorgias.com/");
-        assert_eq!(config.gorgias.rate_limit, Some((40, Duration::from_secs(20))));
+        assert_eq!(
+            config.gorgias.base_url.as_str(),
+            "https://acme.gorgias.com/"
+        );
+        assert_eq!(
+            config.gorgias.rate_limit,
+            Some((40, Duration::from_secs(20)))
+        );
     }
 
     #[test]

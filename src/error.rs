@@ -93,9 +93,11 @@ impl ApiError {
         use GorgiasError as G;
         match self {
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
-            Self::Invalid(e) if e.is_shape() => {
-                (StatusCode::BAD_REQUEST, "invalid_body", "Invalid request body")
-            }
+            Self::Invalid(e) if e.is_shape() => (
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "Invalid request body",
+            ),
             Self::Invalid(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
@@ -111,7 +113,11 @@ impl ApiError {
                 "payload_too_large",
                 "Payload too large",
             ),
-            Self::UnreadableBody => (StatusCode::BAD_REQUEST, "unreadable_body", "Unreadable body"),
+            Self::UnreadableBody => (
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "Unreadable body",
+            ),
             Self::BadHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header", "Invalid header"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
@@ -164,11 +170,9 @@ impl ApiError {
                     "upstream_invalid_response",
                     "Gorgias answered something unreadable",
                 ),
-                G::ServerError { .. } | G::ConnectionLost { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    "Gorgias failed",
-                ),
+                G::ServerError { .. } | G::ConnectionLost { .. } => {
+                    (StatusCode::BAD_GATEWAY, "upstream_failed", "Gorgias failed")
+                }
                 G::RateLimited { .. } | G::DeadlineExhausted { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream_rate_limited",

@@ -162,7 +162,10 @@ impl Ticket {
         };
         Ok(Self {
             id,
-            assignee_user: o.get("assignee_user").and_then(Value::as_object).map(assignee),
+            assignee_user: o
+                .get("assignee_user")
+                .and_then(Value::as_object)
+                .map(assignee),
             channel: string(o, "channel"),
             closed_datetime: opt_string(o, "closed_datetime"),
             created_datetime: opt_string(o, "created_datetime"),
@@ -181,7 +184,11 @@ impl Ticket {
             snooze_datetime: opt_string(o, "snooze_datetime"),
             status: string(o, "status"),
             subject: opt_string(o, "subject"),
-            tags: list(o, "tags").iter().filter_map(Value::as_object).map(tag).collect(),
+            tags: list(o, "tags")
+                .iter()
+                .filter_map(Value::as_object)
+                .map(tag)
+                .collect(),
             spam: o.get("spam").and_then(Value::as_bool),
             trashed_datetime: opt_string(o, "trashed_datetime"),
             updated_datetime: opt_string(o, "updated_datetime"),
@@ -303,7 +310,9 @@ fn as_number(v: &Value) -> Option<Number> {
 }
 
 fn number(o: &Map<String, Value>, key: &str) -> Number {
-    o.get(key).and_then(as_number).unwrap_or_else(|| Number::from(0))
+    o.get(key)
+        .and_then(as_number)
+        .unwrap_or_else(|| Number::from(0))
 }
 
 fn opt_object(o: &Map<String, Value>, key: &str) -> Option<Map<String, Value>> {

@@ -181,12 +181,22 @@ impl Ticketing {
         external_id: &str,
         deadline: Instant,
     ) -> Result<Option<crate::gorgias::WireTicket>, GorgiasError> {
-        let found = self.client.tickets_by_external_id(external_id, deadline).await?;
-        let Some(first) = found.into_iter().find(|t| t.external_id() == Some(external_id)) else {
+        let found = self
+            .client
+            .tickets_by_external_id(external_id, deadline)
+            .await?;
+        let Some(first) = found
+            .into_iter()
+            .find(|t| t.external_id() == Some(external_id))
+        else {
             return Ok(None);
         };
         // A list item may be abridged; fetch the full ticket when its messages are missing.
-        if first.0.get("messages").is_some_and(serde_json::Value::is_array) {
+        if first
+            .0
+            .get("messages")
+            .is_some_and(serde_json::Value::is_array)
+        {
             return Ok(Some(first));
         }
         match first.0.get("id").and_then(serde_json::Value::as_u64) {
@@ -280,7 +290,10 @@ impl Ticketing {
         deadline: Instant,
     ) -> Result<Option<Customer>, GorgiasError> {
         if let Some(email) = &t.email {
-            let found = self.client.customers_by_email(email.as_str(), deadline).await?;
+            let found = self
+                .client
+                .customers_by_email(email.as_str(), deadline)
+                .await?;
             if let Some(c) = found.into_iter().next() {
                 return Ok(Some(c));
             }

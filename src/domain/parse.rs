@@ -9,11 +9,11 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
+use super::ValidationErrors;
 use super::limits;
 use super::values::{
     Attachment, ContentType, Email, HttpUrl, MessageId, NewMessage, NewTicket, PhoneNumber,
 };
-use super::ValidationErrors;
 
 impl NewTicket {
     /// Parses and validates a `POST /ticket` body.
@@ -102,14 +102,15 @@ fn parse_ticket(t: &Map<String, Value>, errs: &mut ValidationErrors) -> Option<V
     for (i, item) in list.iter().enumerate() {
         let path = format!("ticket.messages[{i}]");
         // Duplicates are checked on the raw id so they are reported even if another field fails.
-        if let Some(Value::String(id)) = item.get("id") {
-            if !id.is_empty() && !seen.insert(id.as_str()) {
-                errs.rule(
-                    format!("{path}.id"),
-                    "must be unique within the ticket; an earlier message has the same id",
-                );
-                ok = false;
-            }
+        if let Some(Value::String(id)) = item.get("id")
+            && !id.is_empty()
+            && !seen.insert(id.as_str())
+        {
+            errs.rule(
+                format!("{path}.id"),
+                "must be unique within the ticket; an earlier message has the same id",
+            );
+            ok = false;
         }
         match parse_message(item, &path, errs) {
             Some(m) => messages.push(m),
@@ -121,20 +122,26 @@ fn parse_ticket(t: &Map<String, Value>, errs: &mut ValidationErrors) -> Option<V
 
 fn parse_message(item: &Value, path: &str, errs: &mut ValidationErrors) -> Option<NewMessage> {
     let m = object(item, path, errs)?;
-    deny_unknown(m, &["id", "body_text", "body_html", "attachments"], path, errs);
+    deny_unknown(
+        m,
+        &["id", "body_text", "body_html", "attachments"],
+        path,
+        errs,
+    );
     let id = required_str(m, "id", path, errs)
         .and_then(|s| rule(MessageId::parse(s), &format!("{path}.id"), errs));
     let text = required_str(m, "body_text", path, errs);
     let html = required_str(m, "body_html", path, errs);
     let mut bodies_ok = text.is_some() && html.is_some();
-    if let (Some(t), Some(h)) = (text, html) {
-        if t.trim().is_empty() && h.trim().is_empty() {
-            errs.rule(
-                format!("{path}.body_text"),
-                "body_text and body_html must not both be blank",
-            );
-            bodies_ok = false;
-        }
+    if let (Some(t), Some(h)) = (text, html)
+        && t.trim().is_empty()
+        && h.trim().is_empty()
+    {
+        errs.rule(
+            format!("{path}.body_text"),
+            "body_text and body_html must not both be blank",
+        );
+        bodies_ok = false;
     }
     let attachments = match m.get("attachments") {
         None | Some(Value::Null) => Some(Vec::new()),
@@ -283,7 +290,10 @@ fn wrong_type(v: &Value, expected: &str, path: &str, errs: &mut ValidationErrors
         Value::Object(_) => "an object",
     };
     let field = if path.is_empty() { "$" } else { path };
-    errs.shape(field, format!("must be {} {expected}, found {found}", article(expected)));
+    errs.shape(
+        field,
+        format!("must be {} {expected}, found {found}", article(expected)),
+    );
 }
 
 fn article(word: &str) -> &'static str {
@@ -315,8 +325,10 @@ mod tests {
     use serde_json::json;
 
     fn example() -> Value {
-        serde_json::from_str(include_str!("../../tests/fixtures/ticket-request.example.json"))
-            .unwrap()
+        serde_json::from_str(include_str!(
+            "../../tests/fixtures/ticket-request.example.json"
+        ))
+        .unwrap()
     }
 
     #[test]

@@ -276,14 +276,24 @@ mod tests {
     fn urls_must_be_absolute_http() {
         assert!(HttpUrl::parse("https://example.com/f.png").is_ok());
         assert!(HttpUrl::parse("http://127.0.0.1:8080/x").is_ok());
-        for bad in ["ftp://example.com/x", "/relative", "example.com/x", "https://", ""] {
+        for bad in [
+            "ftp://example.com/x",
+            "/relative",
+            "example.com/x",
+            "https://",
+            "",
+        ] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn content_types_are_type_slash_subtype() {
-        for ok in ["image/png", "application/vnd.ms-excel", "text/plain; charset=utf-8"] {
+        for ok in [
+            "image/png",
+            "application/vnd.ms-excel",
+            "text/plain; charset=utf-8",
+        ] {
             assert!(ContentType::parse(ok).is_ok(), "{ok}");
         }
         for bad in ["image", "image/", "/png", "image/png/x", "ima ge/png", ""] {

@@ -196,9 +196,20 @@ impl GorgiasClient {
     ) -> Result<Vec<String>, GorgiasError> {
         let endpoint = "GET /api/account/settings";
         let s: Settings = self
-            .call_json(endpoint, Method::GET, "api/account/settings", &[], None, deadline, Resend::Safe)
+            .call_json(
+                endpoint,
+                Method::GET,
+                "api/account/settings",
+                &[],
+                None,
+                deadline,
+                Resend::Safe,
+            )
             .await?;
-        Ok(s.assignment_channels().into_iter().map(str::to_owned).collect())
+        Ok(s.assignment_channels()
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// `GET /api/customers?email=`: at most one customer owns a primary email.
@@ -242,7 +253,15 @@ impl GorgiasClient {
             size: SEARCH_SIZE,
         })?;
         let answer: SearchAnswer = self
-            .call_json(endpoint, Method::POST, "api/search", &[], Some(body), deadline, Resend::Safe)
+            .call_json(
+                endpoint,
+                Method::POST,
+                "api/search",
+                &[],
+                Some(body),
+                deadline,
+                Resend::Safe,
+            )
             .await?;
         Ok(answer
             .into_items()
@@ -277,8 +296,16 @@ impl GorgiasClient {
             preferred: true,
         });
         let body = encode(&NewCustomer { email, channels })?;
-        self.call_json(endpoint, Method::POST, "api/customers", &[], Some(body), deadline, Resend::Never)
-            .await
+        self.call_json(
+            endpoint,
+            Method::POST,
+            "api/customers",
+            &[],
+            Some(body),
+            deadline,
+            Resend::Never,
+        )
+        .await
     }
 
     /// `POST /api/tickets`. Sent once: after an ambiguous failure the caller looks the ticket
@@ -294,7 +321,15 @@ impl GorgiasClient {
         let endpoint = "POST /api/tickets";
         let body = encode(ticket)?;
         let value: serde_json::Value = self
-            .call_json(endpoint, Method::POST, "api/tickets", &[], Some(body), deadline, Resend::Never)
+            .call_json(
+                endpoint,
+                Method::POST,
+                "api/tickets",
+                &[],
+                Some(body),
+                deadline,
+                Resend::Never,
+            )
             .await?;
         Ok(WireTicket(value))
     }
@@ -331,7 +366,15 @@ impl GorgiasClient {
         let endpoint = "GET /api/tickets/{id}";
         let path = format!("api/tickets/{id}");
         let value: serde_json::Value = self
-            .call_json(endpoint, Method::GET, &path, &[], None, deadline, Resend::Safe)
+            .call_json(
+                endpoint,
+                Method::GET,
+                &path,
+                &[],
+                None,
+                deadline,
+                Resend::Safe,
+            )
             .await?;
         Ok(WireTicket(value))
     }
@@ -369,16 +412,26 @@ impl GorgiasClient {
         deadline: Instant,
         resend: Resend,
     ) -> Result<Bytes, GorgiasError> {
-        let url = self.base_url.join(path).map_err(|_| GorgiasError::Rejected {
-            endpoint,
-            status: 0,
-            msg: Some("invalid request path".into()),
-            data: None,
-        })?;
+        let url = self
+            .base_url
+            .join(path)
+            .map_err(|_| GorgiasError::Rejected {
+                endpoint,
+                status: 0,
+                msg: Some("invalid request path".into()),
+                data: None,
+            })?;
         let mut delays = self.retry.delays();
         loop {
             let err = match self
-                .attempt(endpoint, method.clone(), url.clone(), query, body.clone(), deadline)
+                .attempt(
+                    endpoint,
+                    method.clone(),
+                    url.clone(),
+                    query,
+                    body.clone(),
+                    deadline,
+                )
                 .await
             {
                 Ok(bytes) => return Ok(bytes),
@@ -405,7 +458,11 @@ impl GorgiasClient {
                 None => backoff,
             };
             if Instant::now() + wait >= deadline {
-                tracing::warn!(endpoint, wait_ms = wait.as_millis() as u64, "no time left to retry Gorgias");
+                tracing::warn!(
+                    endpoint,
+                    wait_ms = wait.as_millis() as u64,
+                    "no time left to retry Gorgias"
+                );
                 return Err(GorgiasError::DeadlineExhausted {
                     endpoint,
                     retry_after: Some(wait.max(Duration::from_secs(1))),
@@ -568,10 +625,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    if let Ok(secs) = value.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs.min(86_400.0)));
-        }
+    if let Ok(secs) = value.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(

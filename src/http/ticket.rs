@@ -1,8 +1,8 @@
 //! `POST /ticket`: the one operation.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -45,7 +45,9 @@ async fn create_ticket(
     let external_id = uuid::Uuid::new_v4().to_string();
     let created = tokio::time::timeout_at(
         deadline + std::time::Duration::from_millis(250),
-        state.ticketing.create_ticket(&ticket, &external_id, deadline),
+        state
+            .ticketing
+            .create_ticket(&ticket, &external_id, deadline),
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)??;

@@ -124,7 +124,9 @@ impl Shared {
     /// The data lock. A poisoned lock only means a handler panicked mid-update; the simulator
     /// keeps serving what is there rather than failing every later call.
     pub(crate) fn data(&self) -> MutexGuard<'_, Data> {
-        self.data.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.data
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn control(&self) -> MutexGuard<'_, Control> {

@@ -106,7 +106,11 @@ impl Data {
     }
 
     /// Adds a customer with the given channels (email channel first when there is one).
-    pub(crate) fn insert_customer(&mut self, email: Option<String>, channels: Vec<(String, String)>) -> u64 {
+    pub(crate) fn insert_customer(
+        &mut self,
+        email: Option<String>,
+        channels: Vec<(String, String)>,
+    ) -> u64 {
         let id = self.next_customer;
         self.next_customer += 1;
         let created = now_iso();
@@ -171,7 +175,10 @@ impl Data {
 
     pub(crate) fn store_ticket(&mut self, id: u64, ticket: Value) {
         if let Some(ext) = ticket.get("external_id").and_then(Value::as_str) {
-            self.by_external_id.entry(ext.to_owned()).or_default().push(id);
+            self.by_external_id
+                .entry(ext.to_owned())
+                .or_default()
+                .push(id);
         }
         self.tickets.insert(id, ticket);
         self.ticket_order.push(id);

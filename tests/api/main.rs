@@ -1,0 +1,14 @@
+//! End-to-end tests: the real router on 127.0.0.1:0 against the project's Gorgias simulator
+//! (wiremock only where one exact upstream exchange must be scripted). One test binary.
+
+// Test code: a failed unwrap is a failed test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+
+mod binaries;
+mod budget;
+mod customers;
+mod helpers;
+mod model;
+mod ticket;
+mod upstream;
+mod validation;
