@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gorgias::{GorgiasClient, GorgiasError};
+use crate::idempotency::IdempotencyStore;
 use crate::ticketing::Ticketing;
 
 /// What every handler can reach. Cheap to clone: everything inside is shared.
@@ -26,20 +27,43 @@ pub struct AppState {
     pub request_deadline: Duration,
     /// Cached readiness verdict.
     pub readiness: Readiness,
+    /// Where `Idempotency-Key` answers live.
+    pub idempotency: IdempotencyStore,
 }
 
 impl AppState {
-    /// Builds the state from a config (no I/O).
+    /// Builds the state from a config; connects to Redis when one is configured.
     ///
     /// # Errors
-    /// When the Gorgias client cannot be built (bad credentials encoding, TLS).
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let client = GorgiasClient::new(config.gorgias.clone())?;
+    /// When the Gorgias client cannot be built (bad credentials encoding, TLS), or Redis is
+    /// configured but unreachable (a replica that cannot share state must not start).
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut client = GorgiasClient::new(config.gorgias.clone())?;
+        let mut ticketing_settings = config.ticketing.clone();
+        let idempotency = match &config.redis_url {
+            Some(url) => {
+                let conn = crate::coordination::connect(url).await.map_err(|e| {
+                    anyhow::anyhow!("REDIS_URL is set but Redis cannot be used: {e}")
+                })?;
+                client = client.share_pacing(conn.clone());
+                ticketing_settings.shared = Some(crate::coordination::SharedCustomers::new(
+                    conn.clone(),
+                    config.ticketing.customer_cache_ttl,
+                    config.gorgias.base_url.as_str(),
+                ));
+                // An in-flight claim outlives the request's deadline, so only a dead replica's
+                // claim ever expires on its own.
+                let claim_ttl = config.request_deadline + Duration::from_secs(30);
+                IdempotencyStore::redis(conn, config.idempotency_ttl, claim_ttl)
+            }
+            None => IdempotencyStore::memory(config.idempotency_ttl),
+        };
         Ok(Self {
-            ticketing: Ticketing::new(client, config.ticketing.clone()),
+            ticketing: Ticketing::new(client, ticketing_settings),
             body_limit: config.body_limit,
             request_deadline: config.request_deadline,
             readiness: Readiness::new(config.readiness_ttl),
+            idempotency,
         })
     }
 }
@@ -103,7 +127,7 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the state cannot be built.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let state = AppState::new(&config)?;
+        let state = AppState::new(&config).await?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,

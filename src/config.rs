@@ -28,6 +28,10 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// How long `/readyz` reuses its verdict.
     pub readiness_ttl: Duration,
+    /// How long an `Idempotency-Key`'s answer is replayed.
+    pub idempotency_ttl: Duration,
+    /// Redis, for state shared by replicas (idempotency keys, rate limit, customer creation).
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -48,6 +52,8 @@ impl Config {
             request_deadline: Duration::from_secs(30),
             shutdown_drain: Duration::from_secs(25),
             readiness_ttl: Duration::from_secs(10),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            redis_url: None,
         }
     }
 }
@@ -133,6 +139,12 @@ pub struct Cli {
     /// Time allowed for in-flight requests after SIGTERM, in seconds.
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 25)]
     pub shutdown_drain_secs: u64,
+    /// How long an Idempotency-Key's answer is replayed, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+    /// Redis URL (`redis://host:6379`) for state shared by several replicas.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Log format: `json` or `pretty` (default: json unless stdout is a terminal).
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -182,8 +194,11 @@ impl Cli {
                 .ticket_channel
                 .map(|c| c.trim().to_owned())
                 .filter(|c| !c.is_empty()),
+            shared: None,
         };
         config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);
+        config.idempotency_ttl = Duration::from_secs(self.idempotency_ttl_secs.max(1));
+        config.redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         Ok(config)
     }
 

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 502/503/504: Gorgias failed us.
     #[error(transparent)]
     Upstream(#[from] TicketingError),
+    /// 503: the idempotency store (Redis) cannot be used right now.
+    #[error("the idempotency store is unavailable; retry shortly")]
+    StoreUnavailable,
     /// 503: this service is not ready (health checks).
     #[error("{0}")]
     NotReady(String),
@@ -137,6 +140,11 @@ impl ApiError {
                 "Idempotency key reused",
             ),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            Self::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idempotency_store_unavailable",
+                "Idempotency store unavailable",
+            ),
             Self::DeadlineExceeded => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline_exceeded",
@@ -261,6 +269,7 @@ impl ApiError {
                 _ => None,
             },
             Self::NotReady(_) => Some(Duration::from_secs(5)),
+            Self::StoreUnavailable => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -11,6 +11,8 @@
 //! - [`ticketing`]: the create-ticket use case, customer and settings caches, reconciliation.
 //! - [`gorgias`]: the Gorgias client, wire models, pacing, retries, `GorgiasError`.
 //! - [`output`]: the seed's output model and its mapping from Gorgias's ticket.
+//! - [`idempotency`]: `Idempotency-Key` claims and stored answers (memory or Redis).
+//! - [`coordination`]: what replicas share through Redis (rate limit, customer creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
 //! - [`sim`]: the in-memory Gorgias simulator (tests, sandbox, benchmarks).
 
@@ -18,10 +20,12 @@
 
 pub mod app;
 pub mod config;
+pub mod coordination;
 pub mod domain;
 pub mod error;
 pub mod gorgias;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod output;
 pub mod sandbox;

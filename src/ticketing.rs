@@ -10,6 +10,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use tokio::time::Instant;
 
+use crate::coordination::SharedCustomers;
 use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
 use crate::gorgias::models::{NewAttachment, NewTicketBody, NewTicketMessage, PersonRef};
 use crate::gorgias::{Customer, GorgiasClient, GorgiasError};
@@ -26,6 +27,8 @@ pub struct TicketingSettings {
     pub settings_ttl: Duration,
     /// A fixed ticket channel (`TICKET_CHANNEL`), which skips the settings lookup.
     pub channel_override: Option<String>,
+    /// Customers and creation locks shared with other replicas (with Redis).
+    pub shared: Option<SharedCustomers>,
 }
 
 impl Default for TicketingSettings {
@@ -35,6 +38,7 @@ impl Default for TicketingSettings {
             customer_cache_capacity: 100_000,
             settings_ttl: Duration::from_secs(300),
             channel_override: None,
+            shared: None,
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct Ticketing {
     customers: Cache<String, Customer>,
     channel: Cache<(), String>,
     channel_override: Option<String>,
+    shared: Option<SharedCustomers>,
 }
 
 /// How many times a create whose outcome was unknown is reconciled and sent again.
@@ -76,6 +81,7 @@ impl Ticketing {
                 .time_to_live(settings.settings_ttl)
                 .build(),
             channel_override: settings.channel_override,
+            shared: settings.shared,
         }
     }
 
@@ -239,12 +245,60 @@ impl Ticketing {
         );
         let entry = self
             .customers
-            .entry(key)
-            .or_try_insert_with(self.resolve_customer(t, deadline))
+            .entry(key.clone())
+            .or_try_insert_with(self.resolve_shared(&key, t, deadline))
             .await
             .map_err(|e| (*e).clone())?;
         crate::metrics::customer_cache(!entry.is_fresh());
         Ok(entry.into_value())
+    }
+
+    /// With Redis: another replica's result first, then Gorgias; a new customer is created
+    /// under a lock so racing replicas create it once. Redis trouble degrades to local-only.
+    async fn resolve_shared(
+        &self,
+        key: &str,
+        t: &NewTicket,
+        deadline: Instant,
+    ) -> Result<Customer, GorgiasError> {
+        let Some(shared) = &self.shared else {
+            return self.resolve_customer(t, deadline).await;
+        };
+        match shared.get(key).await {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "shared customer cache unavailable");
+                return self.resolve_customer(t, deadline).await;
+            }
+        }
+        if let Some(found) = self.lookup_customer(t, deadline).await? {
+            let _ = shared.put(key, &found).await;
+            return Ok(found);
+        }
+        let lock = match shared.lock(key, deadline).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return Err(GorgiasError::DeadlineExhausted {
+                    endpoint: "customer creation lock",
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "customer creation lock unavailable");
+                return self.resolve_customer(t, deadline).await;
+            }
+        };
+        // Whoever held the lock before us recorded what it resolved before releasing it.
+        let result = match shared.get(key).await {
+            Ok(Some(c)) => Ok(c),
+            _ => self.create_customer(t, deadline).await,
+        };
+        if let Ok(c) = &result {
+            let _ = shared.put(key, c).await;
+        }
+        let _ = shared.unlock(lock).await;
+        result
     }
 
     async fn resolve_customer(
@@ -255,6 +309,15 @@ impl Ticketing {
         if let Some(found) = self.lookup_customer(t, deadline).await? {
             return Ok(found);
         }
+        self.create_customer(t, deadline).await
+    }
+
+    /// Creates the customer; on 409 or an ambiguous failure looks it up before trying again.
+    async fn create_customer(
+        &self,
+        t: &NewTicket,
+        deadline: Instant,
+    ) -> Result<Customer, GorgiasError> {
         let email = t.email.as_ref().map(|e| e.as_str());
         let mut tries = 0;
         loop {

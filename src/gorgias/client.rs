@@ -181,6 +181,13 @@ impl GorgiasClient {
         self.retry.delays()
     }
 
+    /// Shares the call budget with other replicas through Redis.
+    pub fn share_pacing(mut self, conn: redis::aio::ConnectionManager) -> Self {
+        let account = self.base_url.to_string();
+        self.pacer = std::mem::take(&mut self.pacer).shared(conn, &account);
+        self
+    }
+
     /// The limiter this client paces its calls with (shared by all clones).
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
@@ -532,7 +539,7 @@ impl GorgiasClient {
             .get("x-gorgias-account-api-call-limit")
             .and_then(|v| v.to_str().ok())
         {
-            self.pacer.observe_usage(used);
+            self.pacer.observe_usage(used).await;
         }
         if status.is_success() {
             return Ok(bytes);

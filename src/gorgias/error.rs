@@ -98,7 +98,9 @@ impl GorgiasError {
             | Self::Timeout { .. }
             | Self::ConnectionLost { .. }
             | Self::RateLimited { .. } => true,
-            Self::ServerError { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            // A 500 is Gorgias's bug, not a passing state: sending the same call again is
+            // unlikely to help (writes are still reconciled, see `is_ambiguous`).
+            Self::ServerError { status, .. } => matches!(status, 502..=504),
             Self::DeadlineExhausted { .. } | Self::Rejected { .. } | Self::Decode { .. } => false,
         }
     }

@@ -10,6 +10,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::error::GorgiasError;
+use crate::coordination::SharedLimiter;
 
 /// Share of the account's budget we allow ourselves: Gorgias's bucket and ours are not in step,
 /// and other integrations on the same account spend from it too.
@@ -19,16 +20,22 @@ const HEADROOM: f64 = 0.9;
 #[derive(Clone, Default)]
 pub struct Pacer {
     inner: Option<Arc<Inner>>,
+    /// The budget shared with other replicas through Redis; the local limiter is the fallback
+    /// while Redis is unreachable.
+    shared: Option<SharedLimiter>,
 }
 
 struct Inner {
     limiter: DefaultDirectRateLimiter,
     limit: u32,
+    allowed: u32,
+    window: Duration,
 }
 
 impl std::fmt::Debug for Pacer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
+            Some(i) if self.shared.is_some() => write!(f, "Pacer({} per window, shared)", i.limit),
             Some(i) => write!(f, "Pacer({} per window)", i.limit),
             None => f.write_str("Pacer(off)"),
         }
@@ -51,8 +58,20 @@ impl Pacer {
             inner: Some(Arc::new(Inner {
                 limiter: RateLimiter::direct(quota.allow_burst(burst)),
                 limit: calls,
+                allowed,
+                window,
             })),
+            shared: None,
         }
+    }
+
+    /// The same budget, shared with every replica through Redis. Pacing off stays off.
+    pub fn shared(self, conn: redis::aio::ConnectionManager, account: &str) -> Self {
+        let shared = self
+            .inner
+            .as_ref()
+            .map(|i| SharedLimiter::new(conn, account, i.allowed, i.window));
+        Self { shared, ..self }
     }
 
     /// Waits for a slot, unless the wait would pass `deadline`.
@@ -67,8 +86,34 @@ impl Pacer {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        let clock = DefaultClock::default();
         let mut waited = false;
+        if let Some(shared) = &self.shared {
+            loop {
+                match shared.try_take().await {
+                    Ok(None) => {
+                        if waited {
+                            crate::metrics::limiter_wait(endpoint);
+                        }
+                        return Ok(());
+                    }
+                    Ok(Some(wait)) => {
+                        if Instant::now() + wait >= deadline {
+                            return Err(GorgiasError::DeadlineExhausted {
+                                endpoint,
+                                retry_after: Some(wait.max(Duration::from_secs(1))),
+                            });
+                        }
+                        waited = true;
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shared rate limiter unavailable; pacing locally");
+                        break;
+                    }
+                }
+            }
+        }
+        let clock = DefaultClock::default();
         loop {
             match inner.limiter.check() {
                 Ok(()) => {
@@ -95,7 +140,7 @@ impl Pacer {
     /// Reads `X-Gorgias-Account-Api-Call-Limit: used/limit`. When Gorgias counts the account
     /// nearer its limit than our headroom allows (other integrations spend from it too), we
     /// take the difference out of our own bucket so the next calls slow down.
-    pub fn observe_usage(&self, header: &str) {
+    pub async fn observe_usage(&self, header: &str) {
         let Some(inner) = &self.inner else { return };
         let Some((used, limit)) = header.split_once('/') else {
             return;
@@ -106,6 +151,11 @@ impl Pacer {
         };
         let comfortable = (f64::from(limit) * HEADROOM) as u32;
         if let Some(excess) = used.checked_sub(comfortable).and_then(NonZeroU32::new) {
+            if let Some(shared) = &self.shared
+                && shared.charge(excess.get()).await.is_ok()
+            {
+                return;
+            }
             // Best effort: when our bucket cannot give that many cells, it is already empty.
             let _ = inner.limiter.check_n(excess);
         }

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -11,12 +11,19 @@ use axum::{Json, Router};
 use crate::app::AppState;
 use crate::domain::NewTicket;
 use crate::error::ApiError;
+use crate::idempotency::{self, Claim, StoredAnswer};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/ticket", post(create_ticket))
 }
 
-/// Validates the body, then finds or creates the customer and creates the ticket.
+/// The header callers set to make retries safe.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer replayed for a repeated `Idempotency-Key`.
+pub(crate) const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
+
+/// Validates the body, then finds or creates the customer and creates the ticket. With an
+/// `Idempotency-Key`, the first final answer is stored and replayed to retries.
 async fn create_ticket(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -32,22 +39,92 @@ async fn create_ticket(
             ApiError::UnreadableBody
         }
     })?;
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        // Without a key every request is its own logical ticket, with a fresh marker.
+        let external_id = uuid::Uuid::new_v4().to_string();
+        return create(&state, &body, &external_id).await;
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| idempotency::is_valid_key(k))
+        .ok_or_else(|| {
+            ApiError::BadHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
+    let fingerprint = idempotency::fingerprint(&body);
+    let claim = state
+        .idempotency
+        .claim(key, &fingerprint)
+        .await
+        .map_err(|_| ApiError::StoreUnavailable)?;
+    let token = match claim {
+        Claim::Acquired(token) => token,
+        Claim::Replay(answer) => {
+            crate::metrics::idempotency_replay();
+            return Ok(replay(answer));
+        }
+        Claim::InProgress => return Err(ApiError::IdempotencyInProgress),
+        Claim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+    };
+    let external_id = idempotency::external_id(key, &fingerprint);
+    let resp = create(&state, &body, &external_id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    let status = resp.status();
+    // Final answers only: a 201, or a 4xx the same body will always get. A 5xx or 503 leaves
+    // the key free so the caller's retry runs again (and finds the ticket by external_id).
+    if status == StatusCode::CREATED || status.is_client_error() {
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        let answer = StoredAnswer {
+            status: status.as_u16(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_owned(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        if let Err(e) = state.idempotency.complete(token, answer).await {
+            tracing::warn!(error = %e, "could not store the idempotent answer");
+        }
+        return Ok(Response::from_parts(parts, axum::body::Body::from(bytes)));
+    }
+    if let Err(e) = state.idempotency.release(token).await {
+        tracing::warn!(error = %e, "could not release the idempotency key");
+    }
+    Ok(resp)
+}
+
+fn replay(answer: StoredAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, answer.body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&answer.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp.headers_mut()
+        .insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
+    resp
+}
+
+/// Parses, validates and creates: the request's work once the idempotency gate is passed.
+async fn create(state: &AppState, body: &[u8], external_id: &str) -> Result<Response, ApiError> {
     let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
     let ticket = NewTicket::parse(&value).map_err(ApiError::Invalid)?;
     tracing::debug!(
         messages = ticket.messages.len(),
         "valid ticket request; creating it in Gorgias"
     );
     let deadline = super::deadline_after(state.request_deadline);
-    // Issue-3 idempotency will derive this from `Idempotency-Key`; without one, every inbound
-    // request is its own logical ticket and gets a fresh marker.
-    let external_id = uuid::Uuid::new_v4().to_string();
     let created = tokio::time::timeout_at(
         deadline + std::time::Duration::from_millis(250),
         state
             .ticketing
-            .create_ticket(&ticket, &external_id, deadline),
+            .create_ticket(&ticket, external_id, deadline),
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)??;
@@ -86,7 +163,6 @@ fn json_error(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn json_content_types_are_recognised() {

@@ -1,36 +1,10 @@
 //! The two programs as a user starts them.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use crate::helpers::start;
 
 use serde_json::Value;
-
-/// Kills the child when the test ends, pass or fail.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `cmd`, reading stdout lines until `find` extracts an address from one.
-fn start(mut cmd: Command, find: impl Fn(&str) -> Option<String>) -> (Running, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    for line in BufReader::new(stdout).lines() {
-        if let Some(addr) = find(&line.unwrap()) {
-            return (running, addr);
-        }
-    }
-    panic!("the program exited without announcing its address");
-}
 
 fn empty_dir() -> std::path::PathBuf {
     // A directory without a `.env`, so a developer's local settings cannot leak into the test.

@@ -154,3 +154,109 @@ pub async fn settings_warmed(sim: &Simulator) {
     }
     panic!("the service never fetched the account settings");
 }
+
+/// The Redis to test against: `REDIS_URL`. Unset, Redis tests skip with a note, except in CI
+/// (`CI` set), where they must run: a Redis test never silently skips there.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but REDIS_URL is not: .ci/run must start redis-server")
+        }
+        _ => {
+            eprintln!(
+                "skipped: REDIS_URL is not set (start redis-server and set it to run this test)"
+            );
+            None
+        }
+    }
+}
+
+/// Polls `cond` on the simulator's counters until it holds (no fixed sleeps), or panics.
+pub async fn until_stats(sim: &Simulator, what: &str, cond: impl Fn(&Stats) -> bool) {
+    for _ in 0..2_000 {
+        if cond(&sim.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A unique string per call, for keys and emails that must not collide across tests.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+/// Kills the child when the test ends, pass or fail.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd`, reading stdout lines until `find` extracts an address from one.
+pub fn start(
+    mut cmd: std::process::Command,
+    find: impl Fn(&str) -> Option<String>,
+) -> (Running, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    while let Some(line) = lines.next() {
+        if let Some(addr) = find(&line.unwrap()) {
+            // Keep draining, so the program never writes its logs into a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (running, addr);
+        }
+    }
+    panic!("the program exited without announcing its address");
+}
+
+/// Starts `gorgias-sim` with `args` on a free port; returns it and its base URL.
+pub fn start_sim(args: &[&str]) -> (Running, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gorgias-sim"));
+    cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+    start(cmd, |line| {
+        line.strip_prefix("listening on ").map(str::to_owned)
+    })
+}
+
+/// Starts `gorgias-proxy` against `sim_url` with extra `env`; returns it and its address.
+pub fn start_proxy(sim_url: &str, env: &[(&str, &str)]) -> (Running, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gorgias-proxy"));
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("GORGIAS_BASE_URL", sim_url)
+        .env("GORGIAS_USERNAME", "sandbox@example.com")
+        .env("GORGIAS_API_KEY", "sandbox-key")
+        .env("LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    start(cmd, |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["fields"]["message"] == "gorgias-proxy listening")
+            .then(|| v["fields"]["addr"].as_str().map(|a| format!("http://{a}")))?
+    })
+}
+
+/// A simulator's counters over HTTP (for simulators running as programs).
+pub async fn sim_stats(http: &reqwest::Client, sim_url: &str) -> Stats {
+    http.get(format!("{sim_url}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

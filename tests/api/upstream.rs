@@ -185,7 +185,7 @@ async fn gorgias_server_errors_after_retries_answer_502() {
     };
     let app = spawn_app_with(sim, |_| {}).await;
     problem(app.post_ticket(&example()).await, 502, "upstream_failed").await;
-    // The safe lookups were retried (1 + 3 each), but nothing was created.
+    // A 500 is not retried (only 502/503/504 are); nothing was created.
     assert_eq!(app.stats().tickets_created, 0);
 }
 

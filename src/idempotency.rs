@@ -1,0 +1,338 @@
+//! `Idempotency-Key`: the first final answer to a key is stored and replayed to every retry of
+//! the same request, so a caller that timed out can safely send again.
+//!
+//! Two stores with one behaviour: in memory (one replica) or Redis (`REDIS_URL`, any replica can
+//! replay any key). A key is first *claimed* (in flight), then either *completed* with a final
+//! answer (201, or a 4xx that will not change) or *released* (5xx, 503: the caller may retry).
+
+use std::time::Duration;
+
+use moka::future::Cache;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// An answer worth replaying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type` of the body.
+    pub content_type: String,
+    /// The body, verbatim.
+    pub body: String,
+}
+
+/// What a key's record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Record {
+    /// Claimed by a request still running; `token` identifies the claim.
+    InFlight { fingerprint: String, token: String },
+    /// Finished; replay `answer` to the same request.
+    Done {
+        fingerprint: String,
+        answer: StoredAnswer,
+    },
+}
+
+impl Record {
+    fn fingerprint(&self) -> &str {
+        match self {
+            Self::InFlight { fingerprint, .. } | Self::Done { fingerprint, .. } => fingerprint,
+        }
+    }
+}
+
+/// The outcome of claiming a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours: do the work, then [`IdempotencyStore::complete`] or [`IdempotencyStore::release`].
+    Acquired(ClaimToken),
+    /// Already answered for this very request: replay it.
+    Replay(StoredAnswer),
+    /// The same request is still running elsewhere (409).
+    InProgress,
+    /// The key was used with another body (422).
+    Mismatch,
+}
+
+/// Proof of a claim, needed to complete or release it (so a late request cannot release a
+/// claim that is not its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    key: String,
+    fingerprint: String,
+    token: String,
+}
+
+/// The store could not be used (Redis down): the caller gets a 503 and may retry.
+#[derive(Debug, thiserror::Error)]
+#[error("the idempotency store is unavailable")]
+pub struct StoreError(#[source] pub redis::RedisError);
+
+/// Where keys live.
+#[derive(Clone)]
+pub enum IdempotencyStore {
+    /// This process's memory (bounded, with TTL).
+    Memory(Cache<String, Record>),
+    /// Shared Redis.
+    Redis {
+        /// Reconnecting connection.
+        conn: ConnectionManager,
+        /// How long a key is remembered.
+        ttl: Duration,
+        /// How long an in-flight claim lives if its owner dies before finishing.
+        claim_ttl: Duration,
+    },
+}
+
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Memory(_) => "IdempotencyStore::Memory",
+            Self::Redis { .. } => "IdempotencyStore::Redis",
+        })
+    }
+}
+
+/// Redis key prefix, so the service can share a Redis with others.
+const PREFIX: &str = "gorgias-proxy:idem:";
+
+impl IdempotencyStore {
+    /// An in-memory store remembering keys for `ttl`.
+    pub fn memory(ttl: Duration) -> Self {
+        Self::Memory(
+            Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+        )
+    }
+
+    /// A Redis store. `claim_ttl` should exceed the request deadline.
+    pub fn redis(conn: ConnectionManager, ttl: Duration, claim_ttl: Duration) -> Self {
+        Self::Redis {
+            conn,
+            ttl,
+            claim_ttl,
+        }
+    }
+
+    /// Claims `key` for a request whose body has `fingerprint`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, StoreError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mine = Record::InFlight {
+            fingerprint: fingerprint.to_owned(),
+            token: token.clone(),
+        };
+        let existing = match self {
+            Self::Memory(cache) => {
+                let entry = cache.entry(key.to_owned()).or_insert(mine).await;
+                if entry.is_fresh() {
+                    None
+                } else {
+                    Some(entry.into_value())
+                }
+            }
+            Self::Redis {
+                conn, claim_ttl, ..
+            } => {
+                let mut conn = conn.clone();
+                let json = serde_json::to_string(&mine).unwrap_or_default();
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(format!("{PREFIX}{key}"))
+                    .arg(json)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(*claim_ttl))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(StoreError)?;
+                if set.is_some() {
+                    None
+                } else {
+                    let raw: Option<String> = redis::cmd("GET")
+                        .arg(format!("{PREFIX}{key}"))
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(StoreError)?;
+                    match raw.and_then(|r| serde_json::from_str::<Record>(&r).ok()) {
+                        Some(r) => Some(r),
+                        // Expired between SET and GET: rare; treat as still running.
+                        None => return Ok(Claim::InProgress),
+                    }
+                }
+            }
+        };
+        Ok(match existing {
+            None => Claim::Acquired(ClaimToken {
+                key: key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                token,
+            }),
+            Some(r) if r.fingerprint() != fingerprint => Claim::Mismatch,
+            Some(Record::InFlight { .. }) => Claim::InProgress,
+            Some(Record::Done { answer, .. }) => Claim::Replay(answer),
+        })
+    }
+
+    /// Stores the final answer under the claimed key.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached (the answer was already sent; the key then expires).
+    pub async fn complete(
+        &self,
+        claim: ClaimToken,
+        answer: StoredAnswer,
+    ) -> Result<(), StoreError> {
+        let done = Record::Done {
+            fingerprint: claim.fingerprint,
+            answer,
+        };
+        match self {
+            Self::Memory(cache) => {
+                cache.insert(claim.key, done).await;
+                Ok(())
+            }
+            Self::Redis { conn, ttl, .. } => {
+                let mut conn = conn.clone();
+                let json = serde_json::to_string(&done).unwrap_or_default();
+                redis::cmd("SET")
+                    .arg(format!("{PREFIX}{}", claim.key))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(millis(*ttl))
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(StoreError)
+            }
+        }
+    }
+
+    /// Forgets the claim so the caller can try again with the same key.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached (the claim then expires by itself).
+    pub async fn release(&self, claim: ClaimToken) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(cache) => {
+                // Only our own claim: a finished answer stored meanwhile is kept.
+                if let Some(Record::InFlight { token, .. }) = cache.get(&claim.key).await
+                    && token == claim.token
+                {
+                    cache.invalidate(&claim.key).await;
+                }
+                Ok(())
+            }
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let script = redis::Script::new(
+                    r#"local v = redis.call('GET', KEYS[1])
+                      if v and string.find(v, ARGV[1], 1, true) and string.find(v, '"in_flight"', 1, true) then
+                        return redis.call('DEL', KEYS[1])
+                      end
+                      return 0"#,
+                );
+                script
+                    .key(format!("{PREFIX}{}", claim.key))
+                    .arg(claim.token)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError)
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// An `Idempotency-Key` is 1..=255 visible ASCII characters.
+pub fn is_valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The request's identity: the SHA-256 of its JSON in canonical form (keys sorted, no
+/// whitespace), so the same request re-serialised by a client still matches; bodies that are
+/// not JSON are hashed as bytes.
+pub fn fingerprint(body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => h.update(v.to_string().as_bytes()),
+        Err(_) => {
+            h.update(b"raw:");
+            h.update(body);
+        }
+    }
+    hex(&h.finalize())
+}
+
+/// The ticket `external_id` for a keyed request: stable for the same key and body, so a retry
+/// after an ambiguous failure finds the ticket its first attempt created, on any replica.
+pub fn external_id(key: &str, fingerprint: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(fingerprint.as_bytes());
+    format!("idem-{}", &hex(&h.finalize())[..40])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_formatting_and_key_order() {
+        assert_eq!(
+            fingerprint(br#"{"a":1,"b":[1,2]}"#),
+            fingerprint(b"{ \"b\": [1, 2], \"a\": 1 }")
+        );
+        assert_ne!(fingerprint(br#"{"a":1}"#), fingerprint(br#"{"a":2}"#));
+        assert_ne!(fingerprint(b"not json"), fingerprint(b"not  json"));
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_up_to_255() {
+        assert!(is_valid_key("order-42"));
+        assert!(!is_valid_key(""));
+        assert!(!is_valid_key("with space"));
+        assert!(!is_valid_key(&"k".repeat(256)));
+        assert!(!is_valid_key("clé"));
+    }
+
+    #[tokio::test]
+    async fn memory_store_claims_replays_and_releases() {
+        let store = IdempotencyStore::memory(Duration::from_secs(60));
+        let Claim::Acquired(token) = store.claim("k", "f1").await.unwrap() else {
+            panic!("first claim must be ours");
+        };
+        assert_eq!(store.claim("k", "f1").await.unwrap(), Claim::InProgress);
+        assert_eq!(store.claim("k", "f2").await.unwrap(), Claim::Mismatch);
+        store.release(token).await.unwrap();
+        let Claim::Acquired(token) = store.claim("k", "f1").await.unwrap() else {
+            panic!("a released key can be claimed again");
+        };
+        let answer = StoredAnswer {
+            status: 201,
+            content_type: "application/json".into(),
+            body: "{}".into(),
+        };
+        store.complete(token, answer.clone()).await.unwrap();
+        assert_eq!(store.claim("k", "f1").await.unwrap(), Claim::Replay(answer));
+        assert_eq!(store.claim("k", "f2").await.unwrap(), Claim::Mismatch);
+    }
+}

@@ -1,0 +1,186 @@
+//! `Idempotency-Key`: replay, different body, concurrent use; memory and Redis stores.
+
+use gorgias_proxy::sim::Faults;
+use serde_json::Value;
+
+use crate::helpers::{
+    TestApp, redis_url, sim_config, spawn_app_with, ticket_for, unique, until_stats,
+};
+
+async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
+    app.http
+        .post(format!("{}/ticket", app.address))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn app_with_store(redis: Option<String>, latency_ms: u64) -> TestApp {
+    let mut sim = sim_config();
+    sim.faults = Faults {
+        latency_ms,
+        ..Faults::default()
+    };
+    spawn_app_with(sim, |c| c.redis_url = redis).await
+}
+
+async fn replays_the_first_answer_without_calling_gorgias(redis: Option<String>) {
+    let app = app_with_store(redis, 0).await;
+    let key = unique("replay");
+    let body = ticket_for("+1 555 0400", Some(&format!("{}@example.com", unique("r"))));
+    let first = post_with_key(&app, &key, &body).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotency-replayed").is_none());
+    let first_body = first.text().await.unwrap();
+    let calls = app.stats().requests_total;
+
+    let again = post_with_key(&app, &key, &body).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(again.headers()["content-type"], "application/json");
+    assert_eq!(again.text().await.unwrap(), first_body);
+    assert_eq!(
+        app.stats().requests_total,
+        calls,
+        "a replay costs no Gorgias call"
+    );
+    assert_eq!(app.stats().tickets_created, 1);
+
+    // The same request re-serialised (other key order, whitespace) is still the same request.
+    let reordered = serde_json::to_string_pretty(&body).unwrap();
+    let replay = app
+        .http
+        .post(format!("{}/ticket", app.address))
+        .header("idempotency-key", &key)
+        .header("content-type", "application/json")
+        .body(reordered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotency-replayed"], "true");
+}
+
+async fn refuses_the_key_with_another_body(redis: Option<String>) {
+    let app = app_with_store(redis, 0).await;
+    let key = unique("mismatch");
+    let body = ticket_for("+1 555 0401", None);
+    assert_eq!(post_with_key(&app, &key, &body).await.status(), 201);
+    let other = ticket_for("+1 555 0402", None);
+    let resp = post_with_key(&app, &key, &other).await;
+    assert_eq!(resp.status(), 422);
+    let p: Value = resp.json().await.unwrap();
+    assert_eq!(p["code"], "idempotency_key_reused");
+    assert_eq!(app.stats().tickets_created, 1);
+}
+
+async fn answers_409_while_the_first_is_running(redis: Option<String>) {
+    let app = app_with_store(redis, 300).await;
+    let key = unique("busy");
+    let body = ticket_for("+1 555 0403", None);
+    let first = {
+        let (http, address, key, body) = (
+            app.http.clone(),
+            app.address.clone(),
+            key.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(format!("{address}/ticket"))
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // The first request holds the key once it has reached Gorgias.
+    until_stats(&app.sim, "the first request reached Gorgias", |s| {
+        s.requests.contains_key("POST /api/search")
+    })
+    .await;
+    let second = post_with_key(&app, &key, &body).await;
+    assert_eq!(second.status(), 409);
+    let p: Value = second.json().await.unwrap();
+    assert_eq!(p["code"], "idempotency_in_progress");
+    assert_eq!(first.await.unwrap(), 201);
+    let third = post_with_key(&app, &key, &body).await;
+    assert_eq!(third.headers()["idempotency-replayed"], "true");
+    assert_eq!(app.stats().tickets_created, 1);
+}
+
+async fn a_failed_attempt_leaves_the_key_free(redis: Option<String>) {
+    let app = app_with_store(redis, 0).await;
+    let key = unique("retry");
+    let body = ticket_for("+1 555 0404", None);
+    app.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: Some(503),
+        ..Faults::default()
+    });
+    let failed = post_with_key(&app, &key, &body).await;
+    assert!(failed.status().is_server_error());
+    app.sim.set_faults(Faults::default());
+    let retried = post_with_key(&app, &key, &body).await;
+    assert_eq!(retried.status(), 201);
+    assert!(retried.headers().get("idempotency-replayed").is_none());
+}
+
+#[tokio::test]
+async fn memory_store_replays() {
+    replays_the_first_answer_without_calling_gorgias(None).await;
+}
+
+#[tokio::test]
+async fn memory_store_refuses_another_body() {
+    refuses_the_key_with_another_body(None).await;
+}
+
+#[tokio::test]
+async fn memory_store_answers_409_while_running() {
+    answers_409_while_the_first_is_running(None).await;
+}
+
+#[tokio::test]
+async fn memory_store_frees_the_key_after_a_failure() {
+    a_failed_attempt_leaves_the_key_free(None).await;
+}
+
+#[tokio::test]
+async fn redis_store_replays() {
+    if let Some(url) = redis_url() {
+        replays_the_first_answer_without_calling_gorgias(Some(url)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_store_refuses_another_body() {
+    if let Some(url) = redis_url() {
+        refuses_the_key_with_another_body(Some(url)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_store_answers_409_while_running() {
+    if let Some(url) = redis_url() {
+        answers_409_while_the_first_is_running(Some(url)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_store_frees_the_key_after_a_failure() {
+    if let Some(url) = redis_url() {
+        a_failed_attempt_leaves_the_key_free(Some(url)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_key_is_refused() {
+    let app = app_with_store(None, 0).await;
+    let resp = post_with_key(&app, "has space", &ticket_for("+1 555 0405", None)).await;
+    assert_eq!(resp.status(), 400);
+    let p: Value = resp.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_header");
+}
