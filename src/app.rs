@@ -13,8 +13,10 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gorgias::{GorgiasClient, GorgiasError};
+use crate::http::auth::InboundAuth;
 use crate::idempotency::IdempotencyStore;
 use crate::ticketing::Ticketing;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// What every handler can reach. Cheap to clone: everything inside is shared.
 #[derive(Clone)]
@@ -29,6 +31,12 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Where `Idempotency-Key` answers live.
     pub idempotency: IdempotencyStore,
+    /// Inbound bearer tokens.
+    pub auth: InboundAuth,
+    /// The Prometheus recorder's handle, for `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// Whether `/metrics` is served on the main listener.
+    pub metrics_on_main: bool,
 }
 
 impl AppState {
@@ -64,6 +72,9 @@ impl AppState {
             request_deadline: config.request_deadline,
             readiness: Readiness::new(config.readiness_ttl),
             idempotency,
+            auth: InboundAuth::new(&config.api_tokens),
+            metrics: Some(crate::metrics::install()),
+            metrics_on_main: config.metrics_listen.is_none(),
         })
     }
 }
@@ -117,6 +128,7 @@ impl Readiness {
 /// A bound, not yet serving, service.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     drain: Duration,
 }
@@ -127,13 +139,40 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the state cannot be built.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.api_tokens.is_empty() && !config.allow_unauthenticated {
+            anyhow::bail!(
+                "no inbound token is configured: set API_TOKENS or API_TOKENS_FILE, or \
+                 ALLOW_UNAUTHENTICATED=true to serve without inbound auth"
+            );
+        }
+        if config.api_tokens.is_empty() {
+            tracing::warn!(
+                "inbound auth is OFF: any caller that reaches this port can open tickets"
+            );
+        }
         let state = AppState::new(&config).await?;
         let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             drain: config.shutdown_drain,
         })
+    }
+
+    /// The metrics listener's address, when `METRICS_LISTEN` gave it its own.
+    ///
+    /// # Errors
+    /// When the OS cannot tell.
+    pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
     }
 
     /// The address actually bound (port 0 resolved).
@@ -157,6 +196,15 @@ impl Application {
         tokio::spawn(async move {
             warm.warm_up(Instant::now() + Duration::from_secs(10)).await;
         });
+        if let (Some(listener), Some(handle)) = (self.metrics_listener, self.state.metrics.clone())
+        {
+            let metrics_app: axum::Router = crate::http::metrics_route(handle);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics_app).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         let app = crate::http::router(self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {

@@ -32,6 +32,12 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// Redis, for state shared by replicas (idempotency keys, rate limit, customer creation).
     pub redis_url: Option<String>,
+    /// Bearer tokens callers must present on `POST /ticket`.
+    pub api_tokens: Vec<SecretString>,
+    /// Serve without inbound auth when no token is configured (else refuse to start).
+    pub allow_unauthenticated: bool,
+    /// A separate address for `GET /metrics` (else it is served on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -54,6 +60,9 @@ impl Config {
             readiness_ttl: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             redis_url: None,
+            api_tokens: Vec::new(),
+            allow_unauthenticated: false,
+            metrics_listen: None,
         }
     }
 }
@@ -145,6 +154,18 @@ pub struct Cli {
     /// Redis URL (`redis://host:6379`) for state shared by several replicas.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Bearer tokens accepted on POST /ticket, comma-separated.
+    #[arg(long, env = "API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// A file of bearer tokens, one per line (`#` comments allowed).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
+    /// Serve without inbound auth when no token is configured.
+    #[arg(long, env = "ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unauthenticated: bool,
+    /// Serve GET /metrics on this address instead of LISTEN_ADDR.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format: `json` or `pretty` (default: json unless stdout is a terminal).
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -199,6 +220,34 @@ impl Cli {
         config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);
         config.idempotency_ttl = Duration::from_secs(self.idempotency_ttl_secs.max(1));
         config.redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
+        config.metrics_listen = self.metrics_listen;
+        let mut tokens: Vec<String> = self
+            .api_tokens
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(path) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("API_TOKENS_FILE", &format!("cannot be read: {e}")))?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        config.api_tokens = tokens.into_iter().map(SecretString::from).collect();
+        config.allow_unauthenticated = self.allow_unauthenticated || self.sandbox;
+        if config.api_tokens.is_empty() && !config.allow_unauthenticated {
+            return Err(invalid(
+                "API_TOKENS",
+                "no inbound token is configured: set API_TOKENS or API_TOKENS_FILE, or set \
+                 ALLOW_UNAUTHENTICATED=true to serve without inbound auth",
+            ));
+        }
         Ok(config)
     }
 
@@ -339,6 +388,7 @@ mod tests {
             gorgias_username: Some("u@example.com".into()),
             gorgias_api_key: Some("k".into()),
             gorgias_access_token: None,
+            api_tokens: Some("t1, t2".into()),
             ..cli(&[])
         };
         let config = c.into_config().unwrap();

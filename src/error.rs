@@ -67,10 +67,11 @@ pub enum ApiError {
 }
 
 /// The problem document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
+    #[schema(format = "uri")]
     pub kind: String,
     /// Short, fixed summary of the kind.
     pub title: &'static str,
@@ -84,6 +85,7 @@ pub struct Problem {
     pub request_id: String,
     /// Field problems, for 400/422 on the body.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<FieldError>)]
     pub errors: Vec<FieldError>,
 }
 
@@ -181,10 +183,15 @@ impl ApiError {
                 G::ServerError { .. } | G::ConnectionLost { .. } => {
                     (StatusCode::BAD_GATEWAY, "upstream_failed", "Gorgias failed")
                 }
-                G::RateLimited { .. } | G::DeadlineExhausted { .. } => (
+                G::RateLimited { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream_rate_limited",
                     "Gorgias call budget exhausted",
+                ),
+                G::DeadlineExhausted { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unavailable",
+                    "Gorgias unavailable within the deadline",
                 ),
                 G::Unreachable { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -226,9 +233,14 @@ impl ApiError {
                 d
             }
             Self::Upstream(TicketingError::Gorgias(g)) => match g {
-                GorgiasError::RateLimited { .. } | GorgiasError::DeadlineExhausted { .. } => {
+                GorgiasError::RateLimited { .. } => {
                     "Gorgias's call budget for this account is spent for now; retry after the \
                      delay in Retry-After"
+                        .into()
+                }
+                GorgiasError::DeadlineExhausted { .. } => {
+                    "no time was left within the request's deadline to wait for Gorgias (its \
+                     rate limit or its retries); retry after the delay in Retry-After"
                         .into()
                 }
                 GorgiasError::Unreachable { .. } => {

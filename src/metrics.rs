@@ -26,12 +26,66 @@ pub fn install() -> PrometheusHandle {
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
+            let recorder_ref: &dyn metrics::Recorder = &recorder;
+            // Series that would otherwise appear only after their first event: a dashboard
+            // should see zero, not nothing.
+            metrics::with_local_recorder(recorder_ref, declare);
             // Another recorder may already be installed (an embedding program's); then ours
             // just renders nothing, which is better than failing to start.
             let _ = metrics::set_global_recorder(recorder);
             handle
         })
         .clone()
+}
+
+fn declare() {
+    metrics::describe_counter!(
+        "gorgias_proxy_http_requests_total",
+        "Inbound requests by route and status"
+    );
+    metrics::describe_histogram!(
+        "gorgias_proxy_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Inbound request latency"
+    );
+    metrics::describe_gauge!(
+        "gorgias_proxy_http_requests_in_flight",
+        "Inbound requests being served"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_gorgias_calls_total",
+        "Gorgias call attempts by endpoint and status"
+    );
+    metrics::describe_histogram!(
+        "gorgias_proxy_gorgias_call_duration_seconds",
+        metrics::Unit::Seconds,
+        "Gorgias call latency"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_gorgias_retries_total",
+        "Gorgias calls retried"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_rate_limiter_waits_total",
+        "Calls that waited for the client-side rate limiter"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_idempotency_replays_total",
+        "Answers replayed for a repeated Idempotency-Key"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_customer_cache_total",
+        "Customer lookups by cache result"
+    );
+    metrics::describe_counter!(
+        "gorgias_proxy_tickets_reconciled_total",
+        "Ticket creates of unknown outcome found by external_id"
+    );
+    gauge!("gorgias_proxy_http_requests_in_flight").set(0.0);
+    counter!("gorgias_proxy_gorgias_retries_total").absolute(0);
+    counter!("gorgias_proxy_rate_limiter_waits_total").absolute(0);
+    counter!("gorgias_proxy_idempotency_replays_total").absolute(0);
+    counter!("gorgias_proxy_tickets_reconciled_total").absolute(0);
 }
 
 /// One inbound request finished.

@@ -24,123 +24,178 @@ pub enum MappingError {
 }
 
 /// A Gorgias ticket in the seed's output model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Ticket {
     /// Gorgias's ticket id, as a string (the model declares a string).
     pub id: String,
+    #[schema(required = true)]
     pub assignee_user: Option<Assignee>,
     pub channel: String,
+    #[schema(required = true)]
     pub closed_datetime: Option<String>,
+    #[schema(required = true)]
     pub created_datetime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub excerpt: Option<String>,
+    #[schema(required = true)]
     pub external_id: Option<String>,
     pub from_agent: bool,
-    /// Present only when Gorgias sent it; `Some(None)` is an explicit null.
+    /// Present only when Gorgias sent it (possibly as null).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub integrations: Option<Option<Vec<Value>>>,
     pub is_unread: bool,
+    #[schema(required = true)]
     pub language: Option<String>,
+    #[schema(required = true)]
     pub last_message_datetime: Option<String>,
+    #[schema(required = true)]
     pub last_received_message_datetime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = f64)]
     pub messages_count: Option<Number>,
     pub messages: Vec<Message>,
+    #[schema(value_type = Option<Object>, required = true)]
     pub meta: Option<Map<String, Value>>,
+    #[schema(required = true)]
     pub opened_datetime: Option<String>,
+    #[schema(required = true)]
     pub snooze_datetime: Option<String>,
     pub status: String,
+    #[schema(required = true)]
     pub subject: Option<String>,
     pub tags: Vec<Tag>,
+    #[schema(required = true)]
     pub spam: Option<bool>,
+    #[schema(required = true)]
     pub trashed_datetime: Option<String>,
+    #[schema(required = true)]
     pub updated_datetime: Option<String>,
     pub via: String,
     pub uri: String,
 }
 
 /// A message of the ticket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Message {
+    #[schema(value_type = i64)]
     pub id: Number,
     pub uri: String,
+    #[schema(required = true)]
     pub message_id: Option<String>,
+    #[schema(value_type = Option<i64>, required = true)]
     pub integration_id: Option<Number>,
+    #[schema(value_type = Option<i64>, required = true)]
     pub rule_id: Option<Number>,
+    #[schema(required = true)]
     pub external_id: Option<String>,
+    #[schema(value_type = i64)]
     pub ticket_id: Number,
     pub channel: String,
     pub via: String,
+    #[schema(required = true)]
     pub subject: Option<String>,
+    #[schema(required = true)]
     pub body_text: Option<String>,
+    #[schema(required = true)]
     pub body_html: Option<String>,
+    #[schema(required = true)]
     pub stripped_text: Option<String>,
+    #[schema(required = true)]
     pub stripped_html: Option<String>,
+    #[schema(required = true)]
     pub stripped_signature: Option<String>,
     pub public: bool,
     pub from_agent: bool,
     pub sender: User,
+    #[schema(required = true)]
     pub receiver: Option<User>,
     /// Gorgias sends `null` for a message without files; the reference output shows `[]`.
     pub attachments: Vec<Attachment>,
+    #[schema(value_type = Option<Object>, required = true)]
     pub meta: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>, required = true)]
     pub headers: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Vec<Value>>, required = true)]
     pub actions: Option<Vec<Value>>,
+    #[schema(value_type = Option<Vec<Value>>, required = true)]
     pub macros: Option<Vec<Value>>,
+    #[schema(required = true)]
     pub created_datetime: Option<String>,
+    #[schema(required = true)]
     pub opened_datetime: Option<String>,
+    #[schema(required = true)]
     pub failed_datetime: Option<String>,
+    #[schema(value_type = Option<Object>, required = true)]
     pub last_sending_error: Option<Map<String, Value>>,
+    #[schema(required = true)]
     pub deleted_datetime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub replied_by: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub replied_to: Option<Option<String>>,
 }
 
 /// A sender or receiver.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct User {
+    #[schema(value_type = i64)]
     pub id: Number,
     pub firstname: String,
     pub lastname: String,
+    #[schema(value_type = Option<Object>, required = true)]
     pub meta: Option<Map<String, Value>>,
+    #[schema(required = true)]
     pub email: Option<String>,
+    #[schema(required = true)]
     pub name: Option<String>,
 }
 
 /// The assigned agent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Assignee {
+    #[schema(value_type = i64)]
     pub id: Number,
     pub firstname: String,
     pub lastname: String,
+    #[schema(value_type = Option<Object>, required = true)]
     pub meta: Option<Map<String, Value>>,
     pub email: String,
     pub name: String,
+    #[schema(required = true)]
     pub bio: Option<String>,
 }
 
 /// A file attached to a message.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Attachment {
     pub url: String,
     pub name: String,
+    #[schema(value_type = Option<f64>, required = true)]
     pub size: Option<Number>,
     pub content_type: String,
     pub public: bool,
+    #[schema(required = true)]
     pub extra: Option<String>,
 }
 
 /// A tag on the ticket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Tag {
+    #[schema(value_type = i64)]
     pub id: Number,
     pub name: String,
+    #[schema(required = true)]
     pub uri: Option<String>,
+    #[schema(value_type = Option<Object>, required = true)]
     pub decoration: Option<Map<String, Value>>,
+    #[schema(required = true)]
     pub created_datetime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub deleted_datetime: Option<Option<String>>,
 }
 

@@ -22,6 +22,7 @@ pub async fn attach_simulator(config: &mut Config) -> std::io::Result<Simulator>
     .await?;
     config.gorgias.base_url = sim.url();
     config.gorgias.rate_limit = None;
+    config.allow_unauthenticated = true;
     tracing::warn!(
         simulator = %sim.url(),
         "SANDBOX MODE: tickets go to an in-memory Gorgias simulator, not to Gorgias; inbound auth is off"

@@ -15,6 +15,7 @@ use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
 use crate::gorgias::models::{NewAttachment, NewTicketBody, NewTicketMessage, PersonRef};
 use crate::gorgias::{Customer, GorgiasClient, GorgiasError};
 use crate::output::{MappingError, Ticket};
+use crate::telemetry::{mask_email, mask_phone};
 
 /// How the use case caches and decides.
 #[derive(Debug, Clone)]
@@ -319,6 +320,12 @@ impl Ticketing {
         deadline: Instant,
     ) -> Result<Customer, GorgiasError> {
         let email = t.email.as_ref().map(|e| e.as_str());
+        // Masked: enough to correlate an incident, not to contact the customer.
+        tracing::info!(
+            phone = %mask_phone(t.phone.as_str()),
+            email = %email.map(mask_email).unwrap_or_default(),
+            "creating a Gorgias customer"
+        );
         let mut tries = 0;
         loop {
             tries += 1;

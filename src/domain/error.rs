@@ -14,7 +14,7 @@ pub enum Problem {
 
 /// One problem with one field. Messages are safe to show to callers: they never echo the
 /// value, which may be a customer's phone number or email.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON path of the field, e.g. `ticket.messages[1].attachments[0].url`.
     pub field: String,
@@ -22,6 +22,7 @@ pub struct FieldError {
     pub message: String,
     /// Shape or rule; decides 400 versus 422.
     #[serde(skip)]
+    #[schema(ignore)]
     pub problem: Problem,
 }
 

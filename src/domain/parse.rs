@@ -193,7 +193,12 @@ fn parse_attachment(a: &Value, path: &str, errs: &mut ValidationErrors) -> Optio
         }
     });
     let size = match required(m, "size", path, errs) {
-        Some(Value::Number(n)) => match n.as_u64() {
+        // JSON Schema's `integer` includes `1024.0`; a whole float is a whole number.
+        Some(Value::Number(n)) => match n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        }) {
             Some(v) => Some(v),
             None => {
                 errs.rule(

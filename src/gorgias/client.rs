@@ -465,6 +465,11 @@ impl GorgiasClient {
                 None => backoff,
             };
             if Instant::now() + wait >= deadline {
+                // A timed-out call stays a timeout (504); anything else becomes "come back
+                // later" (503 with Retry-After).
+                if matches!(err, GorgiasError::Timeout { .. }) {
+                    return Err(err);
+                }
                 tracing::warn!(
                     endpoint,
                     wait_ms = wait.as_millis() as u64,
@@ -518,7 +523,7 @@ impl GorgiasClient {
                 } else {
                     GorgiasError::ConnectionLost {
                         endpoint,
-                        source: e.into(),
+                        source: e.without_url().into(),
                     }
                 }
             })?;
@@ -559,6 +564,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, GorgiasError> {
 }
 
 fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {
+    // The URL can carry a customer's email (`?email=`): never keep it in an error we may log.
+    let e = e.without_url();
     if e.is_timeout() {
         GorgiasError::Timeout { endpoint }
     } else if e.is_connect() {

@@ -1,7 +1,9 @@
 //! Our HTTP surface: routes, the request-context middleware, and the fallbacks, so every answer
 //! (even a 404) carries an `X-Request-Id` and errors share one problem+json shape.
 
+pub mod auth;
 mod health;
+pub mod openapi;
 mod ticket;
 
 use std::time::{Duration, Instant};
@@ -33,14 +35,48 @@ pub fn current_request_id() -> String {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     Router::new()
-        .merge(ticket::router())
+        .merge(ticket::router().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        )))
         .merge(health::router())
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .merge(metrics_router(&state))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Our own limit replaces axum's 2 MiB default; the handler turns the rejection into 413.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// `GET /metrics` on the main listener, unless `METRICS_LISTEN` moved it to its own.
+fn metrics_router(state: &AppState) -> Router<AppState> {
+    match (&state.metrics, state.metrics_on_main) {
+        (Some(handle), true) => metrics_route(handle.clone()),
+        _ => Router::new(),
+    }
+}
+
+/// The `/metrics` route alone, for whichever listener serves it.
+pub fn metrics_route<S: Clone + Send + Sync + 'static>(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// A caller's request id is kept when it is short printable ASCII, so it can be logged and

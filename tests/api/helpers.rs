@@ -52,6 +52,7 @@ pub fn test_config(base_url: Url) -> Config {
     };
     c.gorgias.rate_limit = None;
     c.request_deadline = Duration::from_secs(8);
+    c.allow_unauthenticated = true;
     c
 }
 
@@ -198,24 +199,54 @@ impl Drop for Running {
     }
 }
 
+/// Lines a program printed (stdout and stderr), collected while it runs.
+pub type Captured = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Runs `cmd`, reading stdout lines until `find` extracts an address from one.
 pub fn start(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     find: impl Fn(&str) -> Option<String>,
 ) -> (Running, String) {
+    let (running, addr, _) = start_capturing(cmd, find);
+    (running, addr)
+}
+
+/// Like [`start`], and keeps every line the program prints on stdout and stderr (the readers
+/// keep draining, so the program never writes into a closed pipe).
+pub fn start_capturing(
+    mut cmd: std::process::Command,
+    find: impl Fn(&str) -> Option<String>,
+) -> (Running, String, Captured) {
+    let captured: Captured = Default::default();
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let running = Running(child);
+    let keep = |captured: Captured, reader: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(reader)).map_while(Result::ok)
+            {
+                captured.lock().unwrap().push(line);
+            }
+        })
+    };
+    keep(captured.clone(), Box::new(stderr));
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    while let Some(line) = lines.next() {
-        if let Some(addr) = find(&line.unwrap()) {
-            // Keep draining, so the program never writes its logs into a closed pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (running, addr);
+    while let Some(Ok(line)) = lines.next() {
+        captured.lock().unwrap().push(line.clone());
+        if let Some(addr) = find(&line) {
+            let rest = captured.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    rest.lock().unwrap().push(line);
+                }
+            });
+            return (running, addr, captured);
         }
     }
     panic!("the program exited without announcing its address");
@@ -232,18 +263,26 @@ pub fn start_sim(args: &[&str]) -> (Running, String) {
 
 /// Starts `gorgias-proxy` against `sim_url` with extra `env`; returns it and its address.
 pub fn start_proxy(sim_url: &str, env: &[(&str, &str)]) -> (Running, String) {
+    let (running, addr, _) = start_proxy_capturing(sim_url, env);
+    (running, addr)
+}
+
+/// Like [`start_proxy`], keeping its log lines.
+pub fn start_proxy_capturing(sim_url: &str, env: &[(&str, &str)]) -> (Running, String, Captured) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gorgias-proxy"));
     cmd.args(["--listen", "127.0.0.1:0"])
         .env("GORGIAS_BASE_URL", sim_url)
         .env("GORGIAS_USERNAME", "sandbox@example.com")
         .env("GORGIAS_API_KEY", "sandbox-key")
         .env("LOG_FORMAT", "json")
+        .env("ALLOW_UNAUTHENTICATED", "true")
         .env_remove("RUST_LOG")
+        .env_remove("API_TOKENS")
         .env_remove("REDIS_URL");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    start(cmd, |line| {
+    start_capturing(cmd, |line| {
         let v: Value = serde_json::from_str(line).ok()?;
         (v["fields"]["message"] == "gorgias-proxy listening")
             .then(|| v["fields"]["addr"].as_str().map(|a| format!("http://{a}")))?

@@ -10,6 +10,7 @@ mod customers;
 mod helpers;
 mod idempotency;
 mod model;
+mod operations;
 mod replicas;
 mod resilience;
 mod shutdown;

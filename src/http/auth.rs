@@ -1,0 +1,102 @@
+//! Inbound auth: `Authorization: Bearer <token>` against `API_TOKENS`, compared in constant time.
+//! Health, readiness, metrics and the OpenAPI document stay open (probes and scrapers carry no
+//! token); only `POST /ticket` is guarded.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// The accepted tokens, kept only as SHA-256 digests: comparing fixed-length digests in
+/// constant time leaks neither a token's bytes nor its length.
+#[derive(Clone, Default)]
+pub struct InboundAuth {
+    digests: Arc<Vec<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for InboundAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InboundAuth({} tokens)", self.digests.len())
+    }
+}
+
+impl InboundAuth {
+    /// Accepts any of `tokens`; with none, every caller is let in.
+    pub fn new(tokens: &[SecretString]) -> Self {
+        Self {
+            digests: Arc::new(
+                tokens
+                    .iter()
+                    .map(|t| digest(t.expose_secret().as_bytes()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// True when no token is configured (auth off).
+    pub fn is_open(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// True when `presented` is one of the tokens. Every configured token is compared, so the
+    /// time taken does not say which one matched.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let d = digest(presented.as_bytes());
+        let mut ok = subtle::Choice::from(0);
+        for known in self.digests.iter() {
+            ok |= known.ct_eq(&d);
+        }
+        ok.into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Middleware: lets the request through with a known bearer token, else answers 401.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.auth.is_open() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match presented {
+        Some(token) if state.auth.accepts(token) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_tokens_are_accepted() {
+        let auth = InboundAuth::new(&[SecretString::from("alpha"), SecretString::from("beta")]);
+        assert!(auth.accepts("alpha"));
+        assert!(auth.accepts("beta"));
+        assert!(!auth.accepts("alph"));
+        assert!(!auth.accepts(""));
+        assert!(!auth.is_open());
+        assert!(InboundAuth::new(&[]).is_open());
+    }
+}

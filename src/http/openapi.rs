@@ -1,0 +1,266 @@
+//! The OpenAPI 3.1 document, generated from the code: the handler's `#[utoipa::path]`, the
+//! output types, and request schema types carrying the bounds that validation enforces (taken
+//! from `domain::limits`, so the two cannot drift). Served at `GET /openapi.json`; a committed
+//! copy lives in `openapi.json` and a test fails when they differ.
+
+use std::sync::LazyLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::Problem;
+use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
+
+/// The body of `POST /ticket` (schema only; parsing is done by `domain::NewTicket::parse`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TicketRequest {
+    customer: CustomerIn,
+    ticket: TicketIn,
+}
+
+/// The customer the ticket is about.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CustomerIn {
+    /// Phone number: digits, spaces and `+-().`, at least 5 digits, at most 32 characters once
+    /// trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = r"^[0-9 +().\-]*$",
+        example = "0719908543"
+    )]
+    phone_number: String,
+    /// Email, when known: one `@`, a non-empty local part, a dotted domain.
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^@\s\x00-\x1f\x7f]+@[^@.\s\x00-\x1f\x7f]+(\.[^@.\s\x00-\x1f\x7f]+)+$",
+        example = "nango@example.com"
+    )]
+    email: Option<String>,
+}
+
+/// The ticket's content.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TicketIn {
+    /// 1 to 500 messages, with distinct ids.
+    #[schema(min_items = 1, max_items = 500)]
+    messages: Vec<MessageIn>,
+}
+
+/// One message from the customer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct MessageIn {
+    /// The caller's id for the message, unique within the ticket (Gorgias's message
+    /// `external_id`).
+    #[schema(min_length = 1, max_length = 255, example = "message123")]
+    id: String,
+    /// Plain-text body; it and `body_html` must not both be blank.
+    body_text: String,
+    /// HTML body; it and `body_text` must not both be blank.
+    body_html: String,
+    /// Hosted files; absent or null means none.
+    attachments: Option<Vec<AttachmentIn>>,
+}
+
+/// A file hosted elsewhere.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AttachmentIn {
+    /// Absolute http(s) URL.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+",
+        example = "https://example.com/file1.png"
+    )]
+    url: String,
+    /// File name, 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, example = "file1.png")]
+    name: String,
+    /// Size in bytes.
+    #[schema(minimum = 0, example = 1024)]
+    size: u64,
+    /// Media type, `type/subtype`.
+    #[schema(
+        max_length = 255,
+        pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+/[!#$%&'*+.^_`|~0-9A-Za-z\-]+(;[\s\S]*)?$",
+        example = "image/png"
+    )]
+    content_type: String,
+}
+
+/// The operation. Its documentation is the contract callers read.
+#[utoipa::path(
+    post,
+    path = "/ticket",
+    tag = "tickets",
+    operation_id = "createTicket",
+    summary = "Open a Gorgias ticket for a customer",
+    description = "Validates the body, finds or creates the Gorgias customer (by email, then by \
+                   phone), and creates the ticket. With an `Idempotency-Key`, retries of the same \
+                   request replay the first final answer.",
+    request_body(content = TicketRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         pattern = r"^[\x21-\x7e]+$",
+         description = "Makes retries safe: the first final answer (201 or 4xx) is replayed for \
+                        24 h with `Idempotency-Replayed: true`; another body with the same key \
+                        is 422; the same key while the first request runs is 409."),
+        ("X-Request-Id" = Option<String>, Header, max_length = 128,
+         description = "Kept when 1-128 visible ASCII characters, else replaced; echoed on every \
+                        answer and in error bodies."),
+    ),
+    responses(
+        (status = 201, description = "The ticket Gorgias created", body = Ticket,
+         headers(("X-Request-Id" = String), ("Idempotency-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "Malformed JSON, wrong types, unknown or missing fields, or a bad header",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 401, description = "Missing or unknown bearer token",
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String), ("X-Request-Id" = String))),
+        (status = 409, description = "The same Idempotency-Key is still in progress",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 413, description = "Body over the size limit",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 415, description = "Body not sent as application/json",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 422, description = "Values break the rules, or an Idempotency-Key was reused with another body",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 502, description = "Gorgias refused the request, failed, or answered something unreadable",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 503, description = "Gorgias rate-limited us or is unreachable; retry after Retry-After",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String, description = "Seconds to wait"), ("X-Request-Id" = String))),
+        (status = 504, description = "Gorgias or the request deadline timed out",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+    ),
+    security((), ("bearer" = []))
+)]
+#[allow(dead_code)]
+fn create_ticket_doc() {}
+
+/// Health endpoints (no token).
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", content_type = "application/json")))]
+#[allow(dead_code)]
+fn healthz_doc() {}
+
+/// Readiness (no token).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Gorgias accepts our credentials", content_type = "application/json"),
+        (status = 503, description = "Not ready; `detail` says why", body = Problem,
+         content_type = "application/problem+json",
+         headers(("Retry-After" = String), ("X-Request-Id" = String)))))]
+#[allow(dead_code)]
+fn readyz_doc() {}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gorgias-proxy",
+        description = "Opens Gorgias support tickets for internal services.",
+        license(name = "MIT", identifier = "MIT")
+    ),
+    paths(create_ticket_doc, healthz_doc, readyz_doc),
+    components(schemas(
+        TicketRequest, CustomerIn, TicketIn, MessageIn, AttachmentIn,
+        Ticket, Message, User, Assignee, Attachment, Tag, Problem
+    )),
+    modifiers(&BearerAuth),
+    tags((name = "tickets"), (name = "operations"))
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON, built once.
+pub fn document() -> &'static str {
+    static DOC: LazyLock<String> = LazyLock::new(|| {
+        let mut doc = ApiDoc::openapi();
+        // The version comes from Cargo.toml so a release bump is visible in the spec.
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        let mut value = serde_json::to_value(&doc).unwrap_or_default();
+        // utoipa renders an optional header as nullable; a header is absent, never null.
+        if let Some(params) = value
+            .pointer_mut("/paths/~1ticket/post/parameters")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for p in params {
+                p["schema"]["type"] = serde_json::json!("string");
+            }
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".to_owned()) + "\n"
+    });
+    &DOC
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn serve() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document())
+}
+
+/// The limits the schema above repeats as literals (attributes need literals); a unit test
+/// keeps them equal.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::limits;
+
+    #[test]
+    fn the_schema_bounds_equal_the_validation_limits() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        let s = &doc["components"]["schemas"];
+        assert_eq!(
+            s["CustomerIn"]["properties"]["phone_number"]["maxLength"],
+            limits::PHONE_MAX_CHARS
+        );
+        assert_eq!(
+            s["CustomerIn"]["properties"]["email"]["maxLength"],
+            limits::EMAIL_MAX_CHARS
+        );
+        assert_eq!(
+            s["TicketIn"]["properties"]["messages"]["maxItems"],
+            limits::MESSAGES_MAX
+        );
+        assert_eq!(
+            s["MessageIn"]["properties"]["id"]["maxLength"],
+            limits::MESSAGE_ID_MAX_CHARS
+        );
+        assert_eq!(
+            s["AttachmentIn"]["properties"]["name"]["maxLength"],
+            limits::ATTACHMENT_NAME_MAX_CHARS
+        );
+        assert_eq!(
+            s["AttachmentIn"]["properties"]["url"]["maxLength"],
+            limits::URL_MAX_CHARS
+        );
+        assert_eq!(
+            s["AttachmentIn"]["properties"]["content_type"]["maxLength"],
+            limits::CONTENT_TYPE_MAX_CHARS
+        );
+        assert_eq!(doc["openapi"], "3.1.0");
+    }
+}
