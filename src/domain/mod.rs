@@ -31,6 +31,9 @@ pub mod limits {
     pub const ATTACHMENT_NAME_MAX_CHARS: usize = 255;
     /// Most characters in an attachment URL (a sane bound; Gorgias stores it verbatim).
     pub const URL_MAX_CHARS: usize = 2048;
+    /// Largest attachment size accepted: 2^53 - 1, the largest integer every JSON parser
+    /// reads exactly.
+    pub const ATTACHMENT_SIZE_MAX: u64 = 9_007_199_254_740_991;
     /// Most characters in a content type.
     pub const CONTENT_TYPE_MAX_CHARS: usize = 255;
     /// The characters a phone number may hold besides digits.

@@ -134,8 +134,8 @@ fn parse_message(item: &Value, path: &str, errs: &mut ValidationErrors) -> Optio
     let html = required_str(m, "body_html", path, errs);
     let mut bodies_ok = text.is_some() && html.is_some();
     if let (Some(t), Some(h)) = (text, html)
-        && t.trim().is_empty()
-        && h.trim().is_empty()
+        && t.chars().all(super::values::is_pattern_space)
+        && h.chars().all(super::values::is_pattern_space)
     {
         errs.rule(
             format!("{path}.body_text"),
@@ -199,11 +199,14 @@ fn parse_attachment(a: &Value, path: &str, errs: &mut ValidationErrors) -> Optio
                 .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
                 .map(|f| f as u64)
         }) {
-            Some(v) => Some(v),
-            None => {
+            Some(v) if v <= limits::ATTACHMENT_SIZE_MAX => Some(v),
+            _ => {
                 errs.rule(
                     format!("{path}.size"),
-                    "must be a non-negative whole number of bytes",
+                    format!(
+                        "must be a whole number of bytes from 0 to {}",
+                        limits::ATTACHMENT_SIZE_MAX
+                    ),
                 );
                 None
             }

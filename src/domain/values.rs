@@ -11,14 +11,15 @@ pub struct PhoneNumber {
 }
 
 impl PhoneNumber {
-    /// Trims, then checks length, alphabet and digit count.
+    /// Checks length, alphabet and digit count on the value as sent, then keeps it trimmed of
+    /// spaces. (Measured before trimming, so the rule is exactly the OpenAPI schema's
+    /// `maxLength` and `pattern`; padding a number past 32 characters is refused.)
     ///
     /// # Errors
     /// A message naming the rule broken; it never repeats the number itself.
     pub fn parse(input: &str) -> Result<Self, String> {
-        let raw = input.trim();
-        let chars = raw.chars().count();
-        if chars == 0 {
+        let chars = input.chars().count();
+        if input.trim().is_empty() {
             return Err("must not be empty".into());
         }
         if chars > limits::PHONE_MAX_CHARS {
@@ -27,7 +28,8 @@ impl PhoneNumber {
                 limits::PHONE_MAX_CHARS
             ));
         }
-        if raw
+        let raw = input.trim_matches(' ');
+        if input
             .chars()
             .any(|c| !c.is_ascii_digit() && !limits::PHONE_PUNCTUATION.contains(c))
         {
@@ -85,15 +87,15 @@ impl Email {
                 limits::EMAIL_MAX_CHARS
             ));
         }
+        // The schema's pattern, by hand: `local@label(.label)+`, no whitespace or control
+        // characters anywhere.
         let plausible = match input.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
                     && !domain.contains('@')
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-                    && !domain.contains("..")
-                    && !input.chars().any(|c| c.is_whitespace() || c.is_control())
+                    && domain.split('.').count() >= 2
+                    && domain.split('.').all(|label| !label.is_empty())
+                    && !input.chars().any(|c| is_pattern_space(c) || c.is_control())
             }
             None => false,
         };
@@ -140,8 +142,13 @@ impl MessageId {
 pub struct HttpUrl(String);
 
 impl HttpUrl {
+    /// The rule is the OpenAPI schema's pattern, written out: `http` or `https` (any case),
+    /// `://`, a host of letters, digits, dots and hyphens, an optional port, then an optional
+    /// path, query or fragment without whitespace. The caller's spelling is kept: Gorgias
+    /// stores and echoes the URL verbatim.
+    ///
     /// # Errors
-    /// When not an absolute http(s) URL with a host, or too long.
+    /// When not of that form, or too long.
     pub fn parse(input: &str) -> Result<Self, String> {
         if input.chars().count() > limits::URL_MAX_CHARS {
             return Err(format!(
@@ -149,12 +156,10 @@ impl HttpUrl {
                 limits::URL_MAX_CHARS
             ));
         }
-        match url::Url::parse(input) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                // Keep the caller's spelling: Gorgias stores and echoes the URL verbatim.
-                Ok(Self(input.to_owned()))
-            }
-            _ => Err("must be an absolute http or https URL".into()),
+        if is_http_url(input) {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err("must be an absolute http or https URL".into())
         }
     }
 
@@ -190,6 +195,52 @@ impl ContentType {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#]\S*)?$`, by hand.
+fn is_http_url(s: &str) -> bool {
+    let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let rest = if lower.starts_with("https://") {
+        &s[8..]
+    } else if lower.starts_with("http://") {
+        &s[7..]
+    } else {
+        return false;
+    };
+    let host_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    if host_end == 0 {
+        return false;
+    }
+    let mut tail = &rest[host_end..];
+    if let Some(after) = tail.strip_prefix(':') {
+        let digits = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        if !(1..=5).contains(&digits) {
+            return false;
+        }
+        tail = &after[digits..];
+    }
+    tail.is_empty() || (tail.starts_with(['/', '?', '#']) && !tail.chars().any(is_pattern_space))
+}
+
+/// Whitespace as the OpenAPI schema's patterns mean it (`\s` in ECMA-262 regular
+/// expressions), so a rule written by hand here and its pattern there accept the same strings.
+/// Differs from `char::is_whitespace` on U+0085 (not space here) and U+FEFF (space here).
+pub(crate) fn is_pattern_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r' | ' ' | '\u{A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202F}'
+                | '\u{205F}'
+                | '\u{3000}'
+                | '\u{FEFF}'
+    )
 }
 
 /// An RFC 9110 token: the characters allowed in a media type's type and subtype.
@@ -243,6 +294,10 @@ mod tests {
     #[test]
     fn phone_numbers_normalise_to_digits_with_a_leading_plus() {
         let p = PhoneNumber::parse("  +33 (6) 12-34.56 78 ").unwrap();
+        assert!(
+            PhoneNumber::parse("\t0612345678").is_err(),
+            "only spaces pad a number"
+        );
         assert_eq!(p.as_str(), "+33 (6) 12-34.56 78");
         assert_eq!(p.normalized(), "+3361234567 8".replace(' ', ""));
         assert_eq!(normalize_phone("0719908543"), "0719908543");
@@ -276,12 +331,18 @@ mod tests {
     fn urls_must_be_absolute_http() {
         assert!(HttpUrl::parse("https://example.com/f.png").is_ok());
         assert!(HttpUrl::parse("http://127.0.0.1:8080/x").is_ok());
+        assert!(HttpUrl::parse("HTTPS://example.com?q=1#f").is_ok());
         for bad in [
             "ftp://example.com/x",
             "/relative",
             "example.com/x",
             "https://",
             "",
+            "http://exa mple.com",
+            "http://host:/x",
+            "http://host:123456",
+            "http://host/a b",
+            "http://[::1]/",
         ] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
         }

@@ -28,19 +28,19 @@ pub struct TicketRequest {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CustomerIn {
-    /// Phone number: digits, spaces and `+-().`, at least 5 digits, at most 32 characters once
-    /// trimmed.
+    /// 1 to 32 characters, only digits, spaces and `+-().`, at least 5 digits. Surrounding
+    /// spaces are dropped before it is stored.
     #[schema(
         min_length = 1,
         max_length = 32,
-        pattern = r"^[0-9 +().\-]*$",
+        pattern = r"^[ +().\-]*([0-9][ +().\-]*){5,}$",
         example = "0719908543"
     )]
     phone_number: String,
     /// Email, when known: one `@`, a non-empty local part, a dotted domain.
     #[schema(
         max_length = 320,
-        pattern = r"^[^@\s\x00-\x1f\x7f]+@[^@.\s\x00-\x1f\x7f]+(\.[^@.\s\x00-\x1f\x7f]+)+$",
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@.\s\x00-\x1f\x7f-\x9f]+(\.[^@.\s\x00-\x1f\x7f-\x9f]+)+$",
         example = "nango@example.com"
     )]
     email: Option<String>,
@@ -56,7 +56,7 @@ pub struct TicketIn {
     messages: Vec<MessageIn>,
 }
 
-/// One message from the customer.
+/// One message from the customer; `body_text` and `body_html` must not both be blank.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
@@ -65,9 +65,9 @@ pub struct MessageIn {
     /// `external_id`).
     #[schema(min_length = 1, max_length = 255, example = "message123")]
     id: String,
-    /// Plain-text body; it and `body_html` must not both be blank.
+    /// Plain-text body.
     body_text: String,
-    /// HTML body; it and `body_text` must not both be blank.
+    /// HTML body.
     body_html: String,
     /// Hosted files; absent or null means none.
     attachments: Option<Vec<AttachmentIn>>,
@@ -78,10 +78,10 @@ pub struct MessageIn {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct AttachmentIn {
-    /// Absolute http(s) URL.
+    /// Absolute http(s) URL: a host of letters, digits, dots and hyphens, an optional port.
     #[schema(
         max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?([/?#]\S*)?$",
         example = "https://example.com/file1.png"
     )]
     url: String,
@@ -89,9 +89,9 @@ pub struct AttachmentIn {
     #[schema(min_length = 1, max_length = 255, example = "file1.png")]
     name: String,
     /// Size in bytes.
-    #[schema(minimum = 0, example = 1024)]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64, example = 1024)]
     size: u64,
-    /// Media type, `type/subtype`.
+    /// Media type, `type/subtype`, optionally with parameters.
     #[schema(
         max_length = 255,
         pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+/[!#$%&'*+.^_`|~0-9A-Za-z\-]+(;[\s\S]*)?$",
@@ -117,9 +117,9 @@ pub struct AttachmentIn {
          description = "Makes retries safe: the first final answer (201 or 4xx) is replayed for \
                         24 h with `Idempotency-Replayed: true`; another body with the same key \
                         is 422; the same key while the first request runs is 409."),
-        ("X-Request-Id" = Option<String>, Header, max_length = 128,
-         description = "Kept when 1-128 visible ASCII characters, else replaced; echoed on every \
-                        answer and in error bodies."),
+        ("X-Request-Id" = Option<String>, Header,
+         description = "Kept when it is 1 to 128 visible ASCII characters, else replaced by a \
+                        fresh id; echoed on every answer and in error bodies."),
     ),
     responses(
         (status = 201, description = "The ticket Gorgias created", body = Ticket,
@@ -212,6 +212,13 @@ pub fn document() -> &'static str {
                 p["schema"]["type"] = serde_json::json!("string");
             }
         }
+        // A rule across two fields, which the derive cannot say: not both bodies blank.
+        if let Some(message) = value.pointer_mut("/components/schemas/MessageIn") {
+            message["anyOf"] = serde_json::json!([
+                {"properties": {"body_text": {"pattern": "\\S"}}},
+                {"properties": {"body_html": {"pattern": "\\S"}}}
+            ]);
+        }
         serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".to_owned()) + "\n"
     });
     &DOC
@@ -260,6 +267,10 @@ mod tests {
         assert_eq!(
             s["AttachmentIn"]["properties"]["content_type"]["maxLength"],
             limits::CONTENT_TYPE_MAX_CHARS
+        );
+        assert_eq!(
+            s["AttachmentIn"]["properties"]["size"]["maximum"],
+            limits::ATTACHMENT_SIZE_MAX
         );
         assert_eq!(doc["openapi"], "3.1.0");
     }
