@@ -27,6 +27,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// Time allowed for one inbound request, Gorgias retries included.
     pub request_deadline: Duration,
+    /// Time allowed to receive a request's body.
+    pub body_read_timeout: Duration,
     /// Cached readiness verdict.
     pub readiness: Readiness,
     /// Where `Idempotency-Key` answers live.
@@ -70,6 +72,7 @@ impl AppState {
             ticketing: Ticketing::new(client, ticketing_settings),
             body_limit: config.body_limit,
             request_deadline: config.request_deadline,
+            body_read_timeout: config.body_read_timeout,
             readiness: Readiness::new(config.readiness_ttl),
             idempotency,
             auth: InboundAuth::new(&config.api_tokens),
@@ -131,6 +134,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     drain: Duration,
+    conn_limits: crate::server::ConnLimits,
 }
 
 impl Application {
@@ -161,6 +165,10 @@ impl Application {
             metrics_listener,
             state,
             drain: config.shutdown_drain,
+            conn_limits: crate::server::ConnLimits {
+                header_read_timeout: config.header_read_timeout,
+                ..Default::default()
+            },
         })
     }
 
@@ -212,9 +220,7 @@ impl Application {
             tracing::info!("shutting down: no new connections, draining in-flight requests");
             let _ = stopping_tx.send(());
         };
-        let serve = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal)
-            .into_future();
+        let serve = crate::server::serve(self.listener, app, signal, self.conn_limits);
         tokio::pin!(serve);
         let drain = self.drain;
         tokio::select! {

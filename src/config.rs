@@ -38,6 +38,10 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// A separate address for `GET /metrics` (else it is served on `listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's whole body.
+    pub body_read_timeout: Duration,
 }
 
 impl Config {
@@ -63,6 +67,8 @@ impl Config {
             api_tokens: Vec::new(),
             allow_unauthenticated: false,
             metrics_listen: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -163,6 +169,12 @@ pub struct Cli {
     /// Serve without inbound auth when no token is configured.
     #[arg(long, env = "ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_unauthenticated: bool,
+    /// Time a client has to send a request's headers, in milliseconds.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's whole body, in milliseconds.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
     /// Serve GET /metrics on this address instead of LISTEN_ADDR.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -221,6 +233,9 @@ impl Cli {
         config.idempotency_ttl = Duration::from_secs(self.idempotency_ttl_secs.max(1));
         config.redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         config.metrics_listen = self.metrics_listen;
+        config.header_read_timeout =
+            positive_ms("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms)?;
+        config.body_read_timeout = positive_ms("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms)?;
         let mut tokens: Vec<String> = self
             .api_tokens
             .iter()

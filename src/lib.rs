@@ -5,6 +5,7 @@
 //! - [`config`]: every setting, parsed and checked once.
 //! - [`telemetry`]: log setup and PII masking.
 //! - [`app`]: shared state, server build/run, graceful shutdown.
+//! - [`server`]: the accept loop (header-read timeout, header size limit, graceful drain).
 //! - [`http`]: routes, request context middleware, the `POST /ticket` handler.
 //! - [`error`]: `ApiError` and its problem+json answers; the status table.
 //! - [`domain`]: validated input types (valid by construction).
@@ -29,6 +30,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod output;
 pub mod sandbox;
+pub mod server;
 pub mod sim;
 pub mod telemetry;
 pub mod ticketing;

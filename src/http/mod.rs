@@ -34,6 +34,7 @@ pub fn current_request_id() -> String {
 /// The whole router with its middleware; what tests drive with `oneshot` and what we serve.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
+    let body_read_timeout = state.body_read_timeout;
     Router::new()
         .merge(ticket::router().route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -46,6 +47,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Our own limit replaces axum's 2 MiB default; the handler turns the rejection into 413.
         .layer(DefaultBodyLimit::max(body_limit))
+        // A body trickled in slower than this is cut off (the read fails: 400), so a slow
+        // client cannot hold a request open.
+        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
+            body_read_timeout,
+        ))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
