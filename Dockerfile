@@ -12,6 +12,7 @@ RUN apt-get update \
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY src ./src
 COPY tests/fixtures ./tests/fixtures
+COPY benches ./benches
 RUN cargo build --release --locked --bin gorgias-proxy --bin gorgias-sim \
  && strip target/release/gorgias-proxy target/release/gorgias-sim
 

@@ -556,7 +556,7 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
         let now = now_iso();
         let customer = customer_id.and_then(|id| data.customers.get(&id).cloned());
         let person = customer.as_ref().map_or(Value::Null, |c| c.person());
-        let mut customer_full = customer.as_ref().map_or(Value::Null, |c| {
+        let customer_full = customer.as_ref().map_or(Value::Null, |c| {
             let mut p = c.person();
             p["channels"] = c.channels.iter().map(|ch| c.channel(ch)).collect();
             p["data"] = Value::Null;
@@ -612,9 +612,6 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
                 "created_datetime": now, "sent_datetime": now, "failed_datetime": null,
                 "opened_datetime": null, "last_sending_error": null, "is_retriable": true
             }));
-        }
-        if customer_full.is_null() {
-            customer_full = Value::Null;
         }
         let ticket = json!({
             "id": ticket_id,
