@@ -205,34 +205,46 @@ impl Ticket {
     /// # Errors
     /// Only when `value` is not an object, has no usable `id`, or has no `messages` list.
     pub fn from_gorgias(value: &Value) -> Result<Self, MappingError> {
-        let o = value.as_object().ok_or(MappingError::NotAnObject)?;
-        let id = match o.get("id") {
+        Self::from_gorgias_owned(value.clone())
+    }
+
+    /// Like [`Ticket::from_gorgias`], taking the value so its strings move into the output
+    /// instead of being copied (the request path's version).
+    ///
+    /// # Errors
+    /// Only when `value` is not an object, has no usable `id`, or has no `messages` list.
+    pub fn from_gorgias_owned(value: Value) -> Result<Self, MappingError> {
+        let Value::Object(mut o) = value else {
+            return Err(MappingError::NotAnObject);
+        };
+        let o = &mut o;
+        let id = match o.remove("id") {
             Some(Value::Number(n)) => n.to_string(),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(s)) if !s.is_empty() => s,
             _ => return Err(MappingError::NoId),
         };
-        let messages = match o.get("messages") {
-            Some(Value::Array(list)) => list.iter().map(message).collect(),
+        let messages = match o.remove("messages") {
+            Some(Value::Array(list)) => list.into_iter().map(message).collect(),
             _ => return Err(MappingError::NoMessages),
         };
         Ok(Self {
             id,
-            assignee_user: o
-                .get("assignee_user")
-                .and_then(Value::as_object)
-                .map(assignee),
+            assignee_user: opt_object(o, "assignee_user").map(assignee),
             channel: string(o, "channel"),
             closed_datetime: opt_string(o, "closed_datetime"),
             created_datetime: opt_string(o, "created_datetime"),
             excerpt: opt_string(o, "excerpt"),
             external_id: opt_string(o, "external_id"),
             from_agent: boolean(o, "from_agent"),
-            integrations: o.get("integrations").map(|v| v.as_array().cloned()),
+            integrations: o.remove("integrations").map(|v| match v {
+                Value::Array(a) => Some(a),
+                _ => None,
+            }),
             is_unread: boolean(o, "is_unread"),
             language: opt_string(o, "language"),
             last_message_datetime: opt_string(o, "last_message_datetime"),
             last_received_message_datetime: opt_string(o, "last_received_message_datetime"),
-            messages_count: o.get("messages_count").and_then(as_number),
+            messages_count: opt_number(o, "messages_count"),
             messages,
             meta: opt_object(o, "meta"),
             opened_datetime: opt_string(o, "opened_datetime"),
@@ -240,9 +252,11 @@ impl Ticket {
             status: string(o, "status"),
             subject: opt_string(o, "subject"),
             tags: list(o, "tags")
-                .iter()
-                .filter_map(Value::as_object)
-                .map(tag)
+                .into_iter()
+                .filter_map(|t| match t {
+                    Value::Object(m) => Some(tag(m)),
+                    _ => None,
+                })
                 .collect(),
             spam: o.get("spam").and_then(Value::as_bool),
             trashed_datetime: opt_string(o, "trashed_datetime"),
@@ -253,15 +267,18 @@ impl Ticket {
     }
 }
 
-fn message(v: &Value) -> Message {
-    let empty = Map::new();
-    let o = v.as_object().unwrap_or(&empty);
+fn message(v: Value) -> Message {
+    let mut o = match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let o = &mut o;
     Message {
         id: number(o, "id"),
         uri: string(o, "uri"),
         message_id: opt_string(o, "message_id"),
-        integration_id: o.get("integration_id").and_then(as_number),
-        rule_id: o.get("rule_id").and_then(as_number),
+        integration_id: opt_number(o, "integration_id"),
+        rule_id: opt_number(o, "rule_id"),
         external_id: opt_string(o, "external_id"),
         ticket_id: number(o, "ticket_id"),
         channel: string(o, "channel"),
@@ -274,28 +291,31 @@ fn message(v: &Value) -> Message {
         stripped_signature: opt_string(o, "stripped_signature"),
         public: boolean(o, "public"),
         from_agent: boolean(o, "from_agent"),
-        sender: user(o.get("sender").and_then(Value::as_object).unwrap_or(&empty)),
-        receiver: o.get("receiver").and_then(Value::as_object).map(user),
+        sender: user(opt_object(o, "sender").unwrap_or_default()),
+        receiver: opt_object(o, "receiver").map(user),
         attachments: list(o, "attachments")
-            .iter()
-            .filter_map(Value::as_object)
-            .map(attachment)
+            .into_iter()
+            .filter_map(|a| match a {
+                Value::Object(m) => Some(attachment(m)),
+                _ => None,
+            })
             .collect(),
         meta: opt_object(o, "meta"),
         headers: opt_object(o, "headers"),
-        actions: o.get("actions").and_then(Value::as_array).cloned(),
-        macros: o.get("macros").and_then(Value::as_array).cloned(),
+        actions: opt_array(o, "actions"),
+        macros: opt_array(o, "macros"),
         created_datetime: opt_string(o, "created_datetime"),
         opened_datetime: opt_string(o, "opened_datetime"),
         failed_datetime: opt_string(o, "failed_datetime"),
         last_sending_error: opt_object(o, "last_sending_error"),
         deleted_datetime: opt_string(o, "deleted_datetime"),
-        replied_by: o.get("replied_by").map(|v| v.as_str().map(str::to_owned)),
-        replied_to: o.get("replied_to").map(|v| v.as_str().map(str::to_owned)),
+        replied_by: present_string(o, "replied_by"),
+        replied_to: present_string(o, "replied_to"),
     }
 }
 
-fn user(o: &Map<String, Value>) -> User {
+fn user(mut o: Map<String, Value>) -> User {
+    let o = &mut o;
     User {
         id: number(o, "id"),
         firstname: string(o, "firstname"),
@@ -306,7 +326,8 @@ fn user(o: &Map<String, Value>) -> User {
     }
 }
 
-fn assignee(o: &Map<String, Value>) -> Assignee {
+fn assignee(mut o: Map<String, Value>) -> Assignee {
+    let o = &mut o;
     Assignee {
         id: number(o, "id"),
         firstname: string(o, "firstname"),
@@ -318,11 +339,12 @@ fn assignee(o: &Map<String, Value>) -> Assignee {
     }
 }
 
-fn attachment(o: &Map<String, Value>) -> Attachment {
+fn attachment(mut o: Map<String, Value>) -> Attachment {
+    let o = &mut o;
     Attachment {
         url: string(o, "url"),
         name: string(o, "name"),
-        size: o.get("size").and_then(as_number),
+        size: opt_number(o, "size"),
         content_type: string(o, "content_type"),
         // Gorgias echoes `public: true` for hosted URLs; absent means the default, public.
         public: o.get("public").and_then(Value::as_bool).unwrap_or(true),
@@ -330,55 +352,75 @@ fn attachment(o: &Map<String, Value>) -> Attachment {
     }
 }
 
-fn tag(o: &Map<String, Value>) -> Tag {
+fn tag(mut o: Map<String, Value>) -> Tag {
+    let o = &mut o;
     Tag {
         id: number(o, "id"),
         name: string(o, "name"),
         uri: opt_string(o, "uri"),
         decoration: opt_object(o, "decoration"),
         created_datetime: opt_string(o, "created_datetime"),
-        deleted_datetime: o
-            .get("deleted_datetime")
-            .map(|v| v.as_str().map(str::to_owned)),
+        deleted_datetime: present_string(o, "deleted_datetime"),
     }
 }
 
-fn opt_string(o: &Map<String, Value>, key: &str) -> Option<String> {
-    o.get(key).and_then(Value::as_str).map(str::to_owned)
+fn opt_string(o: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match o.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
-fn string(o: &Map<String, Value>, key: &str) -> String {
+fn string(o: &mut Map<String, Value>, key: &str) -> String {
     opt_string(o, key).unwrap_or_default()
+}
+
+/// Present in the answer only when Gorgias sent the key; `Some(None)` when it sent null (or
+/// another type).
+fn present_string(o: &mut Map<String, Value>, key: &str) -> Option<Option<String>> {
+    o.remove(key).map(|v| match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 fn boolean(o: &Map<String, Value>, key: &str) -> bool {
     o.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
-fn as_number(v: &Value) -> Option<Number> {
+fn as_number(v: Value) -> Option<Number> {
     match v {
-        Value::Number(n) => Some(n.clone()),
+        Value::Number(n) => Some(n),
         // An id sent as a numeric string is still an id.
         Value::String(s) => s.parse::<u64>().ok().map(Number::from),
         _ => None,
     }
 }
 
-fn number(o: &Map<String, Value>, key: &str) -> Number {
-    o.get(key)
-        .and_then(as_number)
-        .unwrap_or_else(|| Number::from(0))
+fn opt_number(o: &mut Map<String, Value>, key: &str) -> Option<Number> {
+    o.remove(key).and_then(as_number)
 }
 
-fn opt_object(o: &Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
-    o.get(key).and_then(Value::as_object).cloned()
+fn number(o: &mut Map<String, Value>, key: &str) -> Number {
+    opt_number(o, key).unwrap_or_else(|| Number::from(0))
 }
 
-fn list<'a>(o: &'a Map<String, Value>, key: &str) -> &'a [Value] {
-    o.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+fn opt_object(o: &mut Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
+    match o.remove(key) {
+        Some(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn opt_array(o: &mut Map<String, Value>, key: &str) -> Option<Vec<Value>> {
+    match o.remove(key) {
+        Some(Value::Array(a)) => Some(a),
+        _ => None,
+    }
+}
+
+fn list(o: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    opt_array(o, key).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ impl Ticketing {
                 .collect(),
         };
         let wire = self.create_once(&body, deadline).await?;
-        Ok(Ticket::from_gorgias(&wire.0)?)
+        Ok(Ticket::from_gorgias_owned(wire.0)?)
     }
 
     /// Creates the ticket; after an ambiguous failure (timeout, lost connection, 5xx) looks it

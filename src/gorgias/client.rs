@@ -19,7 +19,7 @@ use url::Url;
 use super::error::GorgiasError;
 use super::models::{
     Customer, CustomerList, ErrorBody, NewChannel, NewCustomer, NewTicketBody, PhoneHit,
-    SearchAnswer, SearchQuery, Settings, TicketList, WireTicket,
+    PrunedTicket, SearchAnswer, SearchQuery, Settings, TicketList, WireTicket,
 };
 use super::pacing::Pacer;
 
@@ -140,6 +140,10 @@ enum Resend {
     /// Creates: the caller reconciles before sending again.
     Never,
 }
+
+/// Least time left in the request's deadline for a create to be sent: enough for Gorgias to
+/// answer and, if its answer is lost, for the lookup that reconciles it.
+const MIN_WRITE_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Search page size: Gorgias's maximum, so a prefix search that matches many numbers still
 /// includes the exact one in most accounts.
@@ -327,7 +331,7 @@ impl GorgiasClient {
     ) -> Result<WireTicket, GorgiasError> {
         let endpoint = "POST /api/tickets";
         let body = encode(ticket)?;
-        let value: serde_json::Value = self
+        let pruned: PrunedTicket = self
             .call_json(
                 endpoint,
                 Method::POST,
@@ -338,7 +342,7 @@ impl GorgiasClient {
                 Resend::Never,
             )
             .await?;
-        Ok(WireTicket(value))
+        Ok(WireTicket(pruned.0))
     }
 
     /// `GET /api/tickets?external_id=`: the tickets carrying our idempotency marker.
@@ -438,6 +442,7 @@ impl GorgiasClient {
                     query,
                     body.clone(),
                     deadline,
+                    resend,
                 )
                 .await
             {
@@ -494,11 +499,21 @@ impl GorgiasClient {
         query: &[(&str, &str)],
         body: Option<Bytes>,
         deadline: Instant,
+        resend: Resend,
     ) -> Result<Bytes, GorgiasError> {
         self.pacer.until_ready(endpoint, deadline).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GorgiasError::Timeout { endpoint });
+        }
+        // A write sent with almost no time left may land in Gorgias after we gave up on its
+        // answer, leaving a ticket the caller was told failed. Better not to send it: the
+        // caller gets 503 with Retry-After and nothing was created.
+        if resend == Resend::Never && remaining < MIN_WRITE_BUDGET.min(self.attempt_timeout) {
+            return Err(GorgiasError::DeadlineExhausted {
+                endpoint,
+                retry_after: Some(Duration::from_secs(1)),
+            });
         }
         let budget = self.attempt_timeout.min(remaining);
         let mut req = self
@@ -516,7 +531,11 @@ impl GorgiasClient {
         let outcome = tokio::time::timeout(budget, async {
             let resp = req.send().await.map_err(|e| transport(endpoint, e))?;
             let status = resp.status();
-            let headers = resp.headers().clone();
+            // Only the two headers we read are kept, not a copy of them all.
+            let headers = Headers {
+                retry_after: header_string(resp.headers(), RETRY_AFTER.as_str()),
+                usage: header_string(resp.headers(), "x-gorgias-account-api-call-limit"),
+            };
             let bytes = resp.bytes().await.map_err(|e| {
                 if e.is_timeout() {
                     GorgiasError::Timeout { endpoint }
@@ -540,10 +559,7 @@ impl GorgiasClient {
             }
         };
         crate::metrics::gorgias_call(endpoint, status.as_str(), elapsed);
-        if let Some(used) = headers
-            .get("x-gorgias-account-api-call-limit")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(used) = &headers.usage {
             self.pacer.observe_usage(used).await;
         }
         if status.is_success() {
@@ -551,6 +567,19 @@ impl GorgiasClient {
         }
         Err(classify(endpoint, status, &headers, &bytes))
     }
+}
+
+/// The response headers the client acts on.
+struct Headers {
+    retry_after: Option<String>,
+    usage: Option<String>,
+}
+
+fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, GorgiasError> {
@@ -596,16 +625,13 @@ fn error_label(e: &GorgiasError) -> &'static str {
 fn classify(
     endpoint: &'static str,
     status: StatusCode,
-    headers: &reqwest::header::HeaderMap,
+    headers: &Headers,
     body: &[u8],
 ) -> GorgiasError {
     if status == StatusCode::TOO_MANY_REQUESTS {
         return GorgiasError::RateLimited {
             endpoint,
-            retry_after: headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after),
+            retry_after: headers.retry_after.as_deref().and_then(parse_retry_after),
         };
     }
     if status.is_server_error() {

@@ -206,6 +206,69 @@ impl WireTicket {
     }
 }
 
+/// The ticket fields the output model has: all that is read from Gorgias's answer to a create.
+/// The rest (`customer`, `requester`, `events`, `reply_options`...) is skipped while parsing,
+/// never built, which saves most of the allocations of the request path.
+pub const TICKET_FIELDS: &[&str] = &[
+    "id",
+    "assignee_user",
+    "channel",
+    "closed_datetime",
+    "created_datetime",
+    "excerpt",
+    "external_id",
+    "from_agent",
+    "integrations",
+    "is_unread",
+    "language",
+    "last_message_datetime",
+    "last_received_message_datetime",
+    "messages_count",
+    "messages",
+    "meta",
+    "opened_datetime",
+    "snooze_datetime",
+    "status",
+    "subject",
+    "tags",
+    "spam",
+    "trashed_datetime",
+    "updated_datetime",
+    "via",
+    "uri",
+];
+
+/// A ticket answer parsed with only [`TICKET_FIELDS`] kept (any JSON object is accepted).
+pub(crate) struct PrunedTicket(pub Value);
+
+impl<'de> Deserialize<'de> for PrunedTicket {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = PrunedTicket;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a ticket object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<PrunedTicket, A::Error> {
+                let mut kept = serde_json::Map::new();
+                while let Some(key) = access.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if TICKET_FIELDS.contains(&key.as_ref()) {
+                        let value: Value = access.next_value()?;
+                        kept.insert(key.into_owned(), value);
+                    } else {
+                        access.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(PrunedTicket(Value::Object(kept)))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
 /// `GET /api/tickets` list envelope.
 #[derive(Debug, Deserialize)]
 pub(crate) struct TicketList {
@@ -251,6 +314,21 @@ mod tests {
             serde_json::from_value(fixture("get-customers-page.json")).unwrap();
         assert_eq!(page.data[0].id, 488069077);
         assert_eq!(page.data[0].email.as_deref(), Some("support@gorgias.com"));
+    }
+
+    #[test]
+    fn a_pruned_ticket_keeps_exactly_the_model_fields() {
+        let full = fixture("post-tickets.json");
+        let pruned: PrunedTicket = serde_json::from_value(full.clone()).unwrap();
+        let kept = pruned.0.as_object().unwrap();
+        assert!(kept.contains_key("messages") && kept.contains_key("id"));
+        assert!(!kept.contains_key("customer") && !kept.contains_key("requester"));
+        assert_eq!(
+            crate::output::Ticket::from_gorgias(&pruned.0),
+            crate::output::Ticket::from_gorgias(&full),
+            "pruning never changes the answer"
+        );
+        assert!(serde_json::from_str::<PrunedTicket>("[1]").is_err());
     }
 
     #[test]
