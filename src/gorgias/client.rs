@@ -491,6 +491,7 @@ impl GorgiasClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         endpoint: &'static str,
