@@ -9,5 +9,5 @@ mod pacing;
 
 pub use client::{Auth, ClientSettings, GorgiasClient, RetryPolicy, parse_retry_after};
 pub use error::GorgiasError;
-pub use models::{Customer, PhoneHit, WireTicket};
+pub use models::{Customer, PhoneHit, PrunedTicket, WireTicket};
 pub use pacing::Pacer;

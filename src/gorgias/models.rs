@@ -239,7 +239,7 @@ pub const TICKET_FIELDS: &[&str] = &[
 ];
 
 /// A ticket answer parsed with only [`TICKET_FIELDS`] kept (any JSON object is accepted).
-pub(crate) struct PrunedTicket(pub Value);
+pub struct PrunedTicket(pub Value);
 
 impl<'de> Deserialize<'de> for PrunedTicket {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
