@@ -42,6 +42,15 @@ impl std::fmt::Debug for Pacer {
     }
 }
 
+/// Takes a cell from the local limiter, or says how long until one is free.
+fn local_wait(inner: &Inner) -> Option<Duration> {
+    inner
+        .limiter
+        .check()
+        .err()
+        .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
 impl Pacer {
     /// A limiter allowing `calls` per `window` (less headroom), or none.
     pub fn new(rate: Option<(u32, Duration)>) -> Self {
@@ -87,53 +96,32 @@ impl Pacer {
             return Ok(());
         };
         let mut waited = false;
-        if let Some(shared) = &self.shared {
-            loop {
-                match shared.try_take().await {
-                    Ok(None) => {
-                        if waited {
-                            crate::metrics::limiter_wait(endpoint);
-                        }
-                        return Ok(());
-                    }
-                    Ok(Some(wait)) => {
-                        if Instant::now() + wait >= deadline {
-                            return Err(GorgiasError::DeadlineExhausted {
-                                endpoint,
-                                retry_after: Some(wait.max(Duration::from_secs(1))),
-                            });
-                        }
-                        waited = true;
-                        tokio::time::sleep(wait).await;
-                    }
+        loop {
+            // The shared (Redis) budget when there is one and it answers, else ours.
+            let wait = match &self.shared {
+                Some(shared) => match shared.try_take().await {
+                    Ok(wait) => wait,
                     Err(e) => {
                         tracing::warn!(error = %e, "shared rate limiter unavailable; pacing locally");
-                        break;
+                        local_wait(inner)
                     }
+                },
+                None => local_wait(inner),
+            };
+            let Some(wait) = wait else {
+                if waited {
+                    crate::metrics::limiter_wait(endpoint);
                 }
+                return Ok(());
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(GorgiasError::DeadlineExhausted {
+                    endpoint,
+                    retry_after: Some(wait.max(Duration::from_secs(1))),
+                });
             }
-        }
-        let clock = DefaultClock::default();
-        loop {
-            match inner.limiter.check() {
-                Ok(()) => {
-                    if waited {
-                        crate::metrics::limiter_wait(endpoint);
-                    }
-                    return Ok(());
-                }
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(clock.now());
-                    if Instant::now() + wait >= deadline {
-                        return Err(GorgiasError::DeadlineExhausted {
-                            endpoint,
-                            retry_after: Some(wait.max(Duration::from_secs(1))),
-                        });
-                    }
-                    waited = true;
-                    tokio::time::sleep(wait).await;
-                }
-            }
+            waited = true;
+            tokio::time::sleep(wait).await;
         }
     }
 
