@@ -345,3 +345,31 @@ async fn the_served_openapi_document_matches_the_committed_copy() {
     }
     assert!(responses["503"]["headers"].get("Retry-After").is_some());
 }
+
+#[tokio::test]
+async fn metrics_listen_moves_metrics_to_their_own_address() {
+    let sim = gorgias_proxy::sim::Simulator::spawn(sim_config(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut config = test_config(sim.url());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = Application::build(config).await.unwrap();
+    let main = format!("http://{}", app.local_addr().unwrap());
+    let metrics = format!("http://{}", app.metrics_addr().unwrap().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let own = http.get(format!("{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(
+        own.text()
+            .await
+            .unwrap()
+            .contains("gorgias_proxy_http_requests_in_flight")
+    );
+    let moved = http.get(format!("{main}/metrics")).send().await.unwrap();
+    assert_eq!(moved.status(), 404, "not on the main listener any more");
+    drop(stop);
+}
