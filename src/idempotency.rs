@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,12 +35,17 @@ pub enum Record {
         fingerprint: String,
         answer: StoredAnswer,
     },
+    /// An attempt ended without a final answer (5xx, 503). Its ticket create may have landed
+    /// in Gorgias all the same, so the next attempt looks the ticket up before creating one.
+    Failed { fingerprint: String },
 }
 
 impl Record {
     fn fingerprint(&self) -> &str {
         match self {
-            Self::InFlight { fingerprint, .. } | Self::Done { fingerprint, .. } => fingerprint,
+            Self::InFlight { fingerprint, .. }
+            | Self::Done { fingerprint, .. }
+            | Self::Failed { fingerprint } => fingerprint,
         }
     }
 }
@@ -64,6 +70,9 @@ pub struct ClaimToken {
     key: String,
     fingerprint: String,
     token: String,
+    /// An earlier attempt with this key failed after it may have created the ticket: look it
+    /// up by `external_id` before creating.
+    pub reconcile_first: bool,
 }
 
 /// The store could not be used (Redis down): the caller gets a 503 and may retry.
@@ -129,42 +138,64 @@ impl IdempotencyStore {
             fingerprint: fingerprint.to_owned(),
             token: token.clone(),
         };
+        let mut reconcile_first = false;
         let existing = match self {
             Self::Memory(cache) => {
-                let entry = cache.entry(key.to_owned()).or_insert(mine).await;
-                if entry.is_fresh() {
-                    None
-                } else {
-                    Some(entry.into_value())
-                }
+                let mut found = None;
+                cache
+                    .entry(key.to_owned())
+                    .and_compute_with(|current| {
+                        // Runs under moka's per-key lock: claim and check are one step.
+                        let op = match current.map(moka::Entry::into_value) {
+                            None => Op::Put(mine),
+                            Some(Record::Failed { fingerprint: f }) if f == fingerprint => {
+                                reconcile_first = true;
+                                Op::Put(mine)
+                            }
+                            Some(other) => {
+                                found = Some(other);
+                                Op::Nop
+                            }
+                        };
+                        std::future::ready(op)
+                    })
+                    .await;
+                found
             }
             Self::Redis {
                 conn, claim_ttl, ..
             } => {
                 let mut conn = conn.clone();
                 let json = serde_json::to_string(&mine).unwrap_or_default();
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(format!("{PREFIX}{key}"))
-                    .arg(json)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(*claim_ttl))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(StoreError)?;
-                if set.is_some() {
-                    None
-                } else {
-                    let raw: Option<String> = redis::cmd("GET")
-                        .arg(format!("{PREFIX}{key}"))
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(StoreError)?;
-                    match raw.and_then(|r| serde_json::from_str::<Record>(&r).ok()) {
-                        Some(r) => Some(r),
-                        // Expired between SET and GET: rare; treat as still running.
-                        None => return Ok(Claim::InProgress),
+                // One atomic step: take a free key, or a failed one for the same body.
+                let outcome: String = redis::Script::new(
+                    r#"local v = redis.call('GET', KEYS[1])
+                       if (not v) or (string.find(v, '"state":"failed"', 1, true)
+                                      and string.find(v, ARGV[3], 1, true)) then
+                         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                         if v then return 'reconcile' end
+                         return 'acquired'
+                       end
+                       return v"#,
+                )
+                .key(format!("{PREFIX}{key}"))
+                .arg(json)
+                .arg(millis(*claim_ttl))
+                .arg(fingerprint)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError)?;
+                match outcome.as_str() {
+                    "acquired" => None,
+                    "reconcile" => {
+                        reconcile_first = true;
+                        None
                     }
+                    other => match serde_json::from_str::<Record>(other) {
+                        Ok(r) => Some(r),
+                        // Unreadable (another version's format): treat as still running.
+                        Err(_) => return Ok(Claim::InProgress),
+                    },
                 }
             }
         };
@@ -173,10 +204,13 @@ impl IdempotencyStore {
                 key: key.to_owned(),
                 fingerprint: fingerprint.to_owned(),
                 token,
+                reconcile_first,
             }),
             Some(r) if r.fingerprint() != fingerprint => Claim::Mismatch,
             Some(Record::InFlight { .. }) => Claim::InProgress,
             Some(Record::Done { answer, .. }) => Claim::Replay(answer),
+            // Only reached with another fingerprint, handled above; kept total.
+            Some(Record::Failed { .. }) => Claim::Mismatch,
         })
     }
 
@@ -213,33 +247,47 @@ impl IdempotencyStore {
         }
     }
 
-    /// Forgets the claim so the caller can try again with the same key.
+    /// Marks the claim failed, so the caller can try again with the same key and that attempt
+    /// reconciles before creating.
     ///
     /// # Errors
     /// When Redis cannot be reached (the claim then expires by itself).
     pub async fn release(&self, claim: ClaimToken) -> Result<(), StoreError> {
+        let failed = Record::Failed {
+            fingerprint: claim.fingerprint.clone(),
+        };
         match self {
             Self::Memory(cache) => {
                 // Only our own claim: a finished answer stored meanwhile is kept.
-                if let Some(Record::InFlight { token, .. }) = cache.get(&claim.key).await
-                    && token == claim.token
-                {
-                    cache.invalidate(&claim.key).await;
-                }
+                cache
+                    .entry(claim.key.clone())
+                    .and_compute_with(|current| {
+                        let op = match current.map(moka::Entry::into_value) {
+                            Some(Record::InFlight { token, .. }) if token == claim.token => {
+                                Op::Put(failed)
+                            }
+                            _ => Op::Nop,
+                        };
+                        std::future::ready(op)
+                    })
+                    .await;
                 Ok(())
             }
-            Self::Redis { conn, .. } => {
+            Self::Redis { conn, ttl, .. } => {
                 let mut conn = conn.clone();
                 let script = redis::Script::new(
                     r#"local v = redis.call('GET', KEYS[1])
                       if v and string.find(v, ARGV[1], 1, true) and string.find(v, '"in_flight"', 1, true) then
-                        return redis.call('DEL', KEYS[1])
+                        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+                        return 1
                       end
                       return 0"#,
                 );
                 script
                     .key(format!("{PREFIX}{}", claim.key))
                     .arg(claim.token)
+                    .arg(serde_json::to_string(&failed).unwrap_or_default())
+                    .arg(millis(*ttl))
                     .invoke_async::<i64>(&mut conn)
                     .await
                     .map(|_| ())
@@ -322,10 +370,16 @@ mod tests {
         };
         assert_eq!(store.claim("k", "f1").await.unwrap(), Claim::InProgress);
         assert_eq!(store.claim("k", "f2").await.unwrap(), Claim::Mismatch);
+        assert!(!token.reconcile_first);
         store.release(token).await.unwrap();
+        assert_eq!(store.claim("k", "f2").await.unwrap(), Claim::Mismatch);
         let Claim::Acquired(token) = store.claim("k", "f1").await.unwrap() else {
             panic!("a released key can be claimed again");
         };
+        assert!(
+            token.reconcile_first,
+            "the failed attempt may have created the ticket"
+        );
         let answer = StoredAnswer {
             status: 201,
             content_type: "application/json".into(),

@@ -100,7 +100,8 @@ impl Ticketing {
     }
 
     /// Opens the ticket: customer, channel, then the ticket itself, created at most once per
-    /// `external_id` even when Gorgias fails after saving it.
+    /// `external_id` even when Gorgias fails after saving it. `reconcile_first` says an earlier
+    /// attempt of the same request may have created it: look before creating.
     ///
     /// # Errors
     /// A [`TicketingError`] when Gorgias refuses, fails past our retries, or answers garbage.
@@ -109,6 +110,7 @@ impl Ticketing {
         t: &NewTicket,
         external_id: &str,
         deadline: Instant,
+        reconcile_first: bool,
     ) -> Result<Ticket, TicketingError> {
         let customer = self.customer(t, deadline).await?;
         let channel = self.ticket_channel(deadline).await?;
@@ -150,6 +152,10 @@ impl Ticketing {
                 })
                 .collect(),
         };
+        if reconcile_first && let Some(found) = self.find_ticket(external_id, deadline).await? {
+            crate::metrics::reconciled();
+            return Ok(Ticket::from_gorgias_owned(found.0)?);
+        }
         let wire = self.create_once(&body, deadline).await?;
         Ok(Ticket::from_gorgias_owned(wire.0)?)
     }

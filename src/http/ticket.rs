@@ -42,7 +42,7 @@ async fn create_ticket(
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
         let external_id = uuid::Uuid::new_v4().to_string();
-        return create(&state, &body, &external_id).await;
+        return create(&state, &body, &external_id, false).await;
     };
     let key = key
         .to_str()
@@ -67,7 +67,8 @@ async fn create_ticket(
         Claim::Mismatch => return Err(ApiError::IdempotencyMismatch),
     };
     let external_id = idempotency::external_id(key, &fingerprint);
-    let resp = create(&state, &body, &external_id)
+    let reconcile_first = token.reconcile_first;
+    let resp = create(&state, &body, &external_id, reconcile_first)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     let status = resp.status();
@@ -111,7 +112,12 @@ fn replay(answer: StoredAnswer) -> Response {
 }
 
 /// Parses, validates and creates: the request's work once the idempotency gate is passed.
-async fn create(state: &AppState, body: &[u8], external_id: &str) -> Result<Response, ApiError> {
+async fn create(
+    state: &AppState,
+    body: &[u8],
+    external_id: &str,
+    reconcile_first: bool,
+) -> Result<Response, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
     let ticket = NewTicket::parse(&value).map_err(ApiError::Invalid)?;
@@ -124,7 +130,7 @@ async fn create(state: &AppState, body: &[u8], external_id: &str) -> Result<Resp
         deadline + std::time::Duration::from_millis(250),
         state
             .ticketing
-            .create_ticket(&ticket, external_id, deadline),
+            .create_ticket(&ticket, external_id, deadline, reconcile_first),
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)??;

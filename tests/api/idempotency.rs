@@ -184,3 +184,72 @@ async fn a_malformed_key_is_refused() {
     let p: Value = resp.json().await.unwrap();
     assert_eq!(p["code"], "invalid_header");
 }
+
+/// The soak found this: a create that landed in Gorgias, whose answer was lost, and whose
+/// reconciling lookup failed too, answered 5xx; the caller's retry with the same key then
+/// created a second ticket. The key now remembers the failure, and the retry looks first.
+#[tokio::test]
+async fn a_retry_after_an_unreconciled_failure_finds_the_ticket_instead_of_creating_another() {
+    use gorgias_proxy::idempotency::{external_id, fingerprint};
+    use wiremock::matchers::{method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let body = ticket_for("+1 555 0410", Some("twice@example.com"));
+    let key = unique("lost-answer");
+    let marker = external_id(&key, &fingerprint(&serde_json::to_vec(&body).unwrap()));
+    let mut ticket: Value = serde_json::from_str::<Value>(include_str!(
+        "../fixtures/post-tickets.json"
+    ))
+    .unwrap()["body"]
+        .clone();
+    ticket["external_id"] = Value::String(marker.clone());
+
+    let gorgias = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/customers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"data": [{"id": 488071553, "email": "twice@example.com"}]}),
+        ))
+        .mount(&gorgias)
+        .await;
+    // The create lands but its answer is a 500, every time it is sent.
+    Mock::given(method("POST"))
+        .and(path("/api/tickets"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(1)
+        .mount(&gorgias)
+        .await;
+    // During the first attempt the lookup fails (1 + 3 retries), afterwards it finds it.
+    Mock::given(method("GET"))
+        .and(path("/api/tickets"))
+        .and(query_param("external_id", marker.as_str()))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(4)
+        .mount(&gorgias)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/tickets"))
+        .and(query_param("external_id", marker.as_str()))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": [ticket]})),
+        )
+        .mount(&gorgias)
+        .await;
+    let mut config = crate::helpers::test_config(gorgias.uri().parse().unwrap());
+    config.ticketing.channel_override = Some("phone".into());
+    let (address, _stop) = crate::helpers::serve(config).await;
+    let http = reqwest::Client::new();
+    let send = || {
+        http.post(format!("{address}/ticket"))
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert!(first.status().is_server_error(), "{}", first.status());
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 201);
+    let out: Value = second.json().await.unwrap();
+    assert_eq!(out["external_id"], marker);
+    // `expect(1)` on the POST is checked when the mock server drops: one create, not two.
+}
