@@ -310,10 +310,15 @@ pub fn is_valid_key(key: &str) -> bool {
 /// whitespace), so the same request re-serialised by a client still matches; bodies that are
 /// not JSON are hashed as bytes.
 pub fn fingerprint(body: &[u8]) -> String {
+    fingerprint_parsed(serde_json::from_slice(body).ok().as_ref(), body)
+}
+
+/// [`fingerprint`] for a body the caller already parsed (`None` when it is not JSON).
+pub fn fingerprint_parsed(parsed: Option<&serde_json::Value>, body: &[u8]) -> String {
     let mut h = Sha256::new();
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => h.update(v.to_string().as_bytes()),
-        Err(_) => {
+    match parsed {
+        Some(v) => h.update(v.to_string().as_bytes()),
+        None => {
             h.update(b"raw:");
             h.update(body);
         }

@@ -39,10 +39,12 @@ async fn create_ticket(
             ApiError::UnreadableBody
         }
     })?;
+    // Parsed once: both the idempotency fingerprint and validation read this value.
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body);
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
         let external_id = uuid::Uuid::new_v4().to_string();
-        return create(&state, &body, &external_id, false).await;
+        return create(&state, parsed, &external_id, false).await;
     };
     let key = key
         .to_str()
@@ -51,7 +53,7 @@ async fn create_ticket(
         .ok_or_else(|| {
             ApiError::BadHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
-    let fingerprint = idempotency::fingerprint(&body);
+    let fingerprint = idempotency::fingerprint_parsed(parsed.as_ref().ok(), &body);
     let claim = state
         .idempotency
         .claim(key, &fingerprint)
@@ -68,7 +70,7 @@ async fn create_ticket(
     };
     let external_id = idempotency::external_id(key, &fingerprint);
     let reconcile_first = token.reconcile_first;
-    let resp = create(&state, &body, &external_id, reconcile_first)
+    let resp = create(&state, parsed, &external_id, reconcile_first)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     let status = resp.status();
@@ -114,12 +116,11 @@ fn replay(answer: StoredAnswer) -> Response {
 /// Parses, validates and creates: the request's work once the idempotency gate is passed.
 async fn create(
     state: &AppState,
-    body: &[u8],
+    parsed: Result<serde_json::Value, serde_json::Error>,
     external_id: &str,
     reconcile_first: bool,
 ) -> Result<Response, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
+    let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
     let ticket = NewTicket::parse(&value).map_err(ApiError::Invalid)?;
     tracing::debug!(
         messages = ticket.messages.len(),
