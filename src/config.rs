@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::gorgias::{Auth, ClientSettings, RetryPolicy};
-use crate::ticketing::TicketingSettings;
+use crate::ticketing::{MessageChannel, TicketingSettings};
 
 /// The service's settings, valid by construction.
 #[derive(Debug, Clone)]
@@ -130,6 +130,10 @@ pub struct Cli {
     /// Fixed ticket channel, instead of deriving it from the account settings.
     #[arg(long, env = "TICKET_CHANNEL")]
     pub ticket_channel: Option<String>,
+    /// Channel of every message sent: `phone` (default) or `api`. Never `email`: Gorgias
+    /// refuses email messages without a source envelope.
+    #[arg(long, env = "MESSAGE_CHANNEL")]
+    pub message_channel: Option<String>,
     /// Client-side pacing, `CALLS/SECONDSs` (e.g. `40/20s`) or `off`.
     #[arg(long, env = "GORGIAS_RATE_LIMIT")]
     pub gorgias_rate_limit: Option<String>,
@@ -227,6 +231,12 @@ impl Cli {
                 .ticket_channel
                 .map(|c| c.trim().to_owned())
                 .filter(|c| !c.is_empty()),
+            message_channel: match self.message_channel.as_deref().map(str::trim) {
+                None | Some("") => MessageChannel::default(),
+                Some(c) => c
+                    .parse()
+                    .map_err(|()| invalid("MESSAGE_CHANNEL", "must be `phone` or `api`"))?,
+            },
             shared: None,
         };
         config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);
@@ -414,6 +424,37 @@ mod tests {
         assert_eq!(
             config.gorgias.rate_limit,
             Some((40, Duration::from_secs(20)))
+        );
+    }
+
+    #[test]
+    fn message_channel_is_phone_unless_set_to_api_and_never_email() {
+        let base = || Cli {
+            gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
+            gorgias_username: Some("u@example.com".into()),
+            gorgias_api_key: Some("k".into()),
+            gorgias_access_token: None,
+            allow_unauthenticated: true,
+            message_channel: None,
+            ..cli(&[])
+        };
+        let c = base().into_config().unwrap();
+        assert_eq!(c.ticketing.message_channel, MessageChannel::Phone);
+        let c = Cli {
+            message_channel: Some("API".into()),
+            ..base()
+        };
+        assert_eq!(
+            c.into_config().unwrap().ticketing.message_channel,
+            MessageChannel::Api
+        );
+        let c = Cli {
+            message_channel: Some("email".into()),
+            ..base()
+        };
+        assert_eq!(
+            c.into_config().unwrap_err().to_string(),
+            "MESSAGE_CHANNEL: must be `phone` or `api`"
         );
     }
 

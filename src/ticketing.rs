@@ -28,6 +28,8 @@ pub struct TicketingSettings {
     pub settings_ttl: Duration,
     /// A fixed ticket channel (`TICKET_CHANNEL`), which skips the settings lookup.
     pub channel_override: Option<String>,
+    /// The channel every message is sent with (`MESSAGE_CHANNEL`), whatever the ticket's.
+    pub message_channel: MessageChannel,
     /// Customers and creation locks shared with other replicas (with Redis).
     pub shared: Option<SharedCustomers>,
 }
@@ -39,7 +41,43 @@ impl Default for TicketingSettings {
             customer_cache_capacity: 100_000,
             settings_ttl: Duration::from_secs(300),
             channel_override: None,
+            message_channel: MessageChannel::default(),
             shared: None,
+        }
+    }
+}
+
+/// The channel messages are sent with. Never `email`: the live API refuses an email-channel
+/// message without a full `source` envelope (from/to addresses), which an incoming phone
+/// ticket does not have (`../shared/gorgias-api.md` §11; Nango's 2026 rewrite and the seed send
+/// `phone` too). So the type cannot express it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MessageChannel {
+    /// `phone`: the seed's choice and the default; Gorgias fills `source: {type: phone}`.
+    #[default]
+    Phone,
+    /// `api`: an incoming API message (auto-reply rules do not fire on it).
+    Api,
+}
+
+impl MessageChannel {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Phone => "phone",
+            Self::Api => "api",
+        }
+    }
+}
+
+impl std::str::FromStr for MessageChannel {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "phone" => Ok(Self::Phone),
+            "api" => Ok(Self::Api),
+            _ => Err(()),
         }
     }
 }
@@ -62,6 +100,7 @@ pub struct Ticketing {
     customers: Cache<String, Customer>,
     channel: Cache<(), String>,
     channel_override: Option<String>,
+    message_channel: MessageChannel,
     shared: Option<SharedCustomers>,
 }
 
@@ -82,6 +121,7 @@ impl Ticketing {
                 .time_to_live(settings.settings_ttl)
                 .build(),
             channel_override: settings.channel_override,
+            message_channel: settings.message_channel,
             shared: settings.shared,
         }
     }
@@ -132,7 +172,7 @@ impl Ticketing {
                 .messages
                 .iter()
                 .map(|m| NewTicketMessage {
-                    channel: &channel,
+                    channel: self.message_channel.as_str(),
                     via: "api",
                     from_agent: false,
                     sender: person,

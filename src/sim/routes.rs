@@ -473,6 +473,20 @@ fn validate_ticket(m: &Map<String, Value>) -> Map<String, Value> {
         {
             e.insert("via".into(), json!(["Must be one of the allowed values."]));
         }
+        // The live API refuses an email-channel message without a full source envelope
+        // (gorgias-api.md §11: Nango's 2026 rewrite; exact wording unrecorded).
+        if msg.get("channel").and_then(Value::as_str) == Some("email")
+            && msg
+                .get("source")
+                .and_then(|s| s.get("from"))
+                .and_then(|f| f.get("address"))
+                .is_none_or(|a| !a.is_string())
+        {
+            e.insert(
+                "source".into(),
+                json!(["An email message needs a source with from and to addresses."]),
+            );
+        }
         if msg
             .get("from_agent")
             .is_some_and(|v| !v.is_boolean() && !v.is_null())

@@ -5,8 +5,8 @@ use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{
-    calls_between, serve, settings_warmed, sim_config, spawn_app, spawn_app_with, test_config,
-    ticket_for,
+    calls_between, example, serve, settings_warmed, sim_config, spawn_app, spawn_app_with,
+    test_config, ticket_for,
 };
 
 async fn stored_ticket(app: &crate::helpers::TestApp, resp: reqwest::Response) -> Value {
@@ -193,7 +193,58 @@ async fn an_account_without_sms_gets_email_tickets() {
     let resp = app.post_ticket(&ticket_for("+1 555 0102", None)).await;
     let t = stored_ticket(&app, resp).await;
     assert_eq!(t["channel"], "email");
-    assert_eq!(t["messages"][0]["channel"], "email");
+    // The live API refuses email-channel messages without a source envelope: messages go as
+    // `phone` whatever the ticket channel (gorgias-api.md §11).
+    assert_eq!(t["messages"][0]["channel"], "phone");
+    assert_eq!(t["messages"][0]["source"]["type"], "phone");
+}
+
+#[tokio::test]
+async fn the_example_request_answers_201_with_channel_email_on_an_email_account() {
+    let mut sim = sim_config();
+    sim.assignment_channels = vec!["chat".into(), "email".into()];
+    let app = spawn_app_with(sim, |_| {}).await;
+    let resp = app.post_ticket(&example()).await;
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["channel"], "email");
+    assert_eq!(body["messages"][0]["channel"], "phone");
+}
+
+#[tokio::test]
+async fn message_channel_api_overrides_phone() {
+    let app = spawn_app_with(sim_config(), |c| {
+        c.ticketing.message_channel = gorgias_proxy::ticketing::MessageChannel::Api;
+    })
+    .await;
+    let resp = app.post_ticket(&ticket_for("+1 555 0105", None)).await;
+    let t = stored_ticket(&app, resp).await;
+    assert_eq!(t["channel"], "phone");
+    assert_eq!(t["messages"][0]["channel"], "api");
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_an_email_message_without_a_source_as_gorgias_does() {
+    let app = spawn_app().await;
+    let body = serde_json::json!({
+        "channel": "email", "from_agent": false,
+        "messages": [{"channel": "email", "via": "api", "from_agent": false,
+                      "sender": {"email": "a@example.com"}, "body_text": "hi"}]
+    });
+    let resp = reqwest::Client::new()
+        .post(app.sim.url().join("api/tickets").unwrap())
+        .basic_auth("sandbox@example.com", Some("sandbox-key"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["error"]["data"]["messages"]["0"]["source"].is_array(),
+        "{err}"
+    );
+    assert_eq!(app.stats().tickets_created, 0);
 }
 
 #[tokio::test]
