@@ -11,6 +11,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY src ./src
+COPY crates ./crates
 COPY tests/fixtures ./tests/fixtures
 COPY benches ./benches
 RUN cargo build --release --locked --bin gorgias-proxy --bin gorgias-sim \

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::gorgias::{GorgiasClient, GorgiasError};
 use crate::http::auth::InboundAuth;
 use crate::idempotency::IdempotencyStore;
 use crate::ticketing::Ticketing;
+use gorgias::{GorgiasClient, GorgiasError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// What every handler can reach: one `Arc`, so the per-request clones axum makes cost one
@@ -66,7 +66,14 @@ impl AppState {
                 let conn = crate::coordination::connect(url).await.map_err(|e| {
                     anyhow::anyhow!("REDIS_URL is set but Redis cannot be used: {e}")
                 })?;
-                client = client.share_pacing(conn.clone());
+                if let Some(budget) = client.pacer().budget() {
+                    let limiter = crate::coordination::SharedLimiter::new(
+                        conn.clone(),
+                        client.base_url().as_str(),
+                        budget,
+                    );
+                    client = client.share_pacing(Arc::new(limiter));
+                }
                 ticketing_settings.shared = Some(crate::coordination::SharedCustomers::new(
                     conn.clone(),
                     config.ticketing.customer_cache_ttl,

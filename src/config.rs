@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::gorgias::{Auth, ClientSettings, RetryPolicy};
 use crate::ticketing::{MessageChannel, TicketingSettings};
+use gorgias::{Auth, ClientSettings, RetryPolicy};
 
 /// The service's settings, valid by construction.
 #[derive(Debug, Clone)]
@@ -207,7 +207,7 @@ impl Cli {
     /// [`ConfigError::Missing`] naming every absent variable at once, or the first invalid one.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let (base_url, auth) = if self.sandbox {
-            sandbox_placeholder()
+            sandbox_placeholder()?
         } else {
             self.gorgias_target()?
         };
@@ -313,20 +313,26 @@ impl Cli {
     }
 }
 
-/// The credentials the sandbox's simulator accepts by default.
-pub const SANDBOX_USERNAME: &str = "sandbox@example.com";
-/// The sandbox simulator's default API key (not a secret: it opens nothing real).
-pub const SANDBOX_API_KEY: &str = "sandbox-key";
-
-fn sandbox_placeholder() -> (Url, Auth) {
+/// The sandbox's Gorgias target: the simulator's credentials at a placeholder address that
+/// [`crate::sandbox::attach_simulator`] replaces once the simulator is bound.
+#[cfg(feature = "sandbox")]
+fn sandbox_placeholder() -> Result<(Url, Auth), ConfigError> {
     let url = Url::parse("http://127.0.0.1:1/").unwrap_or_else(|_| unreachable!("a literal URL"));
-    (
+    Ok((
         url,
         Auth::Basic {
-            username: SANDBOX_USERNAME.into(),
-            api_key: SecretString::from(SANDBOX_API_KEY),
+            username: gorgias_sim::DEFAULT_USERNAME.into(),
+            api_key: SecretString::from(gorgias_sim::DEFAULT_API_KEY),
         },
-    )
+    ))
+}
+
+#[cfg(not(feature = "sandbox"))]
+fn sandbox_placeholder() -> Result<(Url, Auth), ConfigError> {
+    Err(invalid(
+        "--sandbox",
+        "this build has no simulator (built without the `sandbox` feature)",
+    ))
 }
 
 fn domain_url(domain: &str) -> Result<Url, ConfigError> {

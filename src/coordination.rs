@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use crate::gorgias::Customer;
+use gorgias::{BoxFuture, Budget, BudgetError, Customer, SharedBudget};
 
 /// Redis key prefix, so the service can share a Redis with others.
 const PREFIX: &str = "gorgias-proxy:";
@@ -54,8 +54,10 @@ impl std::fmt::Debug for SharedLimiter {
 }
 
 impl SharedLimiter {
-    /// `allowed` calls per `window`, shared under `account` (the Gorgias base URL).
-    pub fn new(conn: ConnectionManager, account: &str, allowed: u32, window: Duration) -> Self {
+    /// `budget.allowed` calls per `budget.window`, shared under `account` (the Gorgias base
+    /// URL).
+    pub fn new(conn: ConnectionManager, account: &str, budget: Budget) -> Self {
+        let Budget { allowed, window } = budget;
         let period_ms = window.as_secs_f64() * 1e3 / f64::from(allowed.max(1));
         Self {
             conn,
@@ -93,6 +95,16 @@ impl SharedLimiter {
             .arg(if force { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
+    }
+}
+
+impl SharedBudget for SharedLimiter {
+    fn try_take(&self) -> BoxFuture<'_, Result<Option<Duration>, BudgetError>> {
+        Box::pin(async move { Ok(SharedLimiter::try_take(self).await?) })
+    }
+
+    fn charge(&self, calls: u32) -> BoxFuture<'_, Result<(), BudgetError>> {
+        Box::pin(async move { Ok(SharedLimiter::charge(self, calls).await?) })
     }
 }
 

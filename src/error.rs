@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{FieldError, ValidationErrors};
-use crate::gorgias::GorgiasError;
 use crate::ticketing::TicketingError;
+use gorgias::GorgiasError;
 
 /// What went wrong, from the caller's point of view.
 #[derive(Debug, thiserror::Error)]

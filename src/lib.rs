@@ -2,6 +2,14 @@
 //! Gorgias's API, its rate limits, its customer model or its failure modes.
 //!
 //! # Layout
+//! The workspace's crates are the architecture:
+//! - `crates/gorgias`: the typed Gorgias client (auth, typed requests, lenient typed answers,
+//!   errors, retries within a deadline, pacing with a pluggable shared budget). No axum.
+//! - `crates/gorgias-sim`: the simulator (library + `gorgias-sim` binary). Shares no types with
+//!   the client.
+//! - this crate, the service. The simulator comes in only with the `sandbox` feature (default).
+//!
+//! Its modules, from the edge inwards (a module imports only those below it):
 //! - [`config`]: every setting, parsed and checked once.
 //! - [`telemetry`]: log setup and PII masking.
 //! - [`app`]: shared state, server build/run, graceful shutdown.
@@ -10,27 +18,27 @@
 //! - [`error`]: `ApiError` and its problem+json answers; the status table.
 //! - [`domain`]: validated input types (valid by construction).
 //! - [`ticketing`]: the create-ticket use case, customer and settings caches, reconciliation.
-//! - [`gorgias`]: the Gorgias client, wire models, pacing, retries, `GorgiasError`.
-//! - [`output`]: the seed's output model and its mapping from Gorgias's ticket.
+//! - [`output`]: the seed's output model and its one mapping from `gorgias::Ticket`.
 //! - [`idempotency`]: `Idempotency-Key` claims and stored answers (memory or Redis).
-//! - [`coordination`]: what replicas share through Redis (rate limit, customer creation).
+//! - [`coordination`]: what replicas share through Redis (the client's `SharedBudget`, customer
+//!   creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
-//! - [`sim`]: the in-memory Gorgias simulator (tests, sandbox, benchmarks).
+//! - [`sandbox`]: `--sandbox`, the simulator inside the process (feature `sandbox`).
+//! - [`commands`]: one-shot subcommands (`healthcheck`).
 
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod coordination;
 pub mod domain;
 pub mod error;
-pub mod gorgias;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
 pub mod output;
 pub mod sandbox;
 pub mod server;
-pub mod sim;
 pub mod telemetry;
 pub mod ticketing;

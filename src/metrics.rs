@@ -102,24 +102,6 @@ pub fn in_flight(delta: f64) {
     gauge!("gorgias_proxy_http_requests_in_flight").increment(delta);
 }
 
-/// One attempt of a Gorgias call ended with `status` (an HTTP status or an error label).
-pub fn gorgias_call(endpoint: &'static str, status: &str, elapsed: Duration) {
-    counter!("gorgias_proxy_gorgias_calls_total", "endpoint" => endpoint, "status" => status.to_owned())
-        .increment(1);
-    histogram!("gorgias_proxy_gorgias_call_duration_seconds", "endpoint" => endpoint)
-        .record(elapsed.as_secs_f64());
-}
-
-/// A Gorgias call is being retried.
-pub fn gorgias_retry(endpoint: &'static str) {
-    counter!("gorgias_proxy_gorgias_retries_total", "endpoint" => endpoint).increment(1);
-}
-
-/// A call waited for the client-side rate limiter.
-pub fn limiter_wait(endpoint: &'static str) {
-    counter!("gorgias_proxy_rate_limiter_waits_total", "endpoint" => endpoint).increment(1);
-}
-
 /// A customer lookup was served from the cache (`hit`) or resolved with Gorgias.
 pub fn customer_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };

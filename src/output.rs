@@ -1,10 +1,10 @@
 //! The ticket we answer with: exactly the seed's output model (`create-ticket.md`), mapped from
 //! whatever Gorgias returned.
 //!
-//! The mapping is total over any JSON object with an `id` and a `messages` list: a ticket that
-//! Gorgias created must never turn into an error because we were too strict. Unknown fields are
-//! dropped, unknown enum values pass through as strings, a wrong type becomes the field's empty
-//! value (null where the model allows it, else `""`, `0`, `false` or `[]`).
+//! Gorgias's answer is read once into the client's lenient [`gorgias::Ticket`] (unknown fields
+//! dropped, unknown enum values kept as strings, a wrong type read as the field's empty value),
+//! then mapped here once. The mapping fails only without an `id` or a `messages` list: a ticket
+//! Gorgias created must never turn into an error because we were too strict.
 
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
@@ -12,9 +12,6 @@ use serde_json::{Map, Number, Value};
 /// Why a Gorgias answer could not be mapped at all (it was not a ticket).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MappingError {
-    /// Not a JSON object.
-    #[error("the ticket is not a JSON object")]
-    NotAnObject,
     /// No usable `id`.
     #[error("the ticket has no id")]
     NoId,
@@ -199,228 +196,144 @@ pub struct Tag {
     pub deleted_datetime: Option<Option<String>>,
 }
 
-impl Ticket {
-    /// Maps a Gorgias ticket to the output model.
-    ///
-    /// # Errors
-    /// Only when `value` is not an object, has no usable `id`, or has no `messages` list.
-    pub fn from_gorgias(value: &Value) -> Result<Self, MappingError> {
-        Self::from_gorgias_owned(value.clone())
-    }
+impl TryFrom<gorgias::Ticket> for Ticket {
+    type Error = MappingError;
 
-    /// Like [`Ticket::from_gorgias`], taking the value so its strings move into the output
-    /// instead of being copied (the request path's version).
+    /// The one mapping from Gorgias's ticket to ours. Strings move, nothing is copied.
     ///
     /// # Errors
-    /// Only when `value` is not an object, has no usable `id`, or has no `messages` list.
-    pub fn from_gorgias_owned(value: Value) -> Result<Self, MappingError> {
-        let Value::Object(mut o) = value else {
-            return Err(MappingError::NotAnObject);
-        };
-        let o = &mut o;
-        let id = match o.remove("id") {
-            Some(Value::Number(n)) => n.to_string(),
-            Some(Value::String(s)) if !s.is_empty() => s,
-            _ => return Err(MappingError::NoId),
-        };
-        let messages = match o.remove("messages") {
-            Some(Value::Array(list)) => list.into_iter().map(message).collect(),
-            _ => return Err(MappingError::NoMessages),
-        };
+    /// Only when the ticket has no readable `id` or no `messages` list (an abridged list item).
+    fn try_from(t: gorgias::Ticket) -> Result<Self, MappingError> {
+        let id = t.id.ok_or(MappingError::NoId)?;
+        let messages = t.messages.ok_or(MappingError::NoMessages)?;
         Ok(Self {
-            id,
-            assignee_user: opt_object(o, "assignee_user").map(assignee),
-            channel: string(o, "channel"),
-            closed_datetime: opt_string(o, "closed_datetime"),
-            created_datetime: opt_string(o, "created_datetime"),
-            excerpt: opt_string(o, "excerpt"),
-            external_id: opt_string(o, "external_id"),
-            from_agent: boolean(o, "from_agent"),
-            integrations: o.remove("integrations").map(|v| match v {
-                Value::Array(a) => Some(a),
-                _ => None,
-            }),
-            is_unread: boolean(o, "is_unread"),
-            language: opt_string(o, "language"),
-            last_message_datetime: opt_string(o, "last_message_datetime"),
-            last_received_message_datetime: opt_string(o, "last_received_message_datetime"),
-            messages_count: opt_number(o, "messages_count"),
-            messages,
-            meta: opt_object(o, "meta"),
-            opened_datetime: opt_string(o, "opened_datetime"),
-            snooze_datetime: opt_string(o, "snooze_datetime"),
-            status: string(o, "status"),
-            subject: opt_string(o, "subject"),
-            tags: list(o, "tags")
-                .into_iter()
-                .filter_map(|t| match t {
-                    Value::Object(m) => Some(tag(m)),
-                    _ => None,
-                })
-                .collect(),
-            spam: o.get("spam").and_then(Value::as_bool),
-            trashed_datetime: opt_string(o, "trashed_datetime"),
-            updated_datetime: opt_string(o, "updated_datetime"),
-            via: string(o, "via"),
-            uri: string(o, "uri"),
+            id: id.into(),
+            assignee_user: t.assignee_user.map(Assignee::from),
+            channel: t.channel,
+            closed_datetime: t.closed_datetime,
+            created_datetime: t.created_datetime,
+            excerpt: t.excerpt,
+            external_id: t.external_id,
+            from_agent: t.from_agent,
+            integrations: t.integrations,
+            is_unread: t.is_unread,
+            language: t.language,
+            last_message_datetime: t.last_message_datetime,
+            last_received_message_datetime: t.last_received_message_datetime,
+            messages_count: t.messages_count,
+            messages: messages.into_iter().map(Message::from).collect(),
+            meta: t.meta,
+            opened_datetime: t.opened_datetime,
+            snooze_datetime: t.snooze_datetime,
+            status: t.status,
+            subject: t.subject,
+            tags: t.tags.into_iter().map(Tag::from).collect(),
+            spam: t.spam,
+            trashed_datetime: t.trashed_datetime,
+            updated_datetime: t.updated_datetime,
+            via: t.via,
+            uri: t.uri,
         })
     }
 }
 
-fn message(v: Value) -> Message {
-    let mut o = match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    let o = &mut o;
-    Message {
-        id: number(o, "id"),
-        uri: string(o, "uri"),
-        message_id: opt_string(o, "message_id"),
-        integration_id: opt_number(o, "integration_id"),
-        rule_id: opt_number(o, "rule_id"),
-        external_id: opt_string(o, "external_id"),
-        ticket_id: number(o, "ticket_id"),
-        channel: string(o, "channel"),
-        via: string(o, "via"),
-        subject: opt_string(o, "subject"),
-        body_text: opt_string(o, "body_text"),
-        body_html: opt_string(o, "body_html"),
-        stripped_text: opt_string(o, "stripped_text"),
-        stripped_html: opt_string(o, "stripped_html"),
-        stripped_signature: opt_string(o, "stripped_signature"),
-        public: boolean(o, "public"),
-        from_agent: boolean(o, "from_agent"),
-        sender: user(opt_object(o, "sender").unwrap_or_default()),
-        receiver: opt_object(o, "receiver").map(user),
-        attachments: list(o, "attachments")
-            .into_iter()
-            .filter_map(|a| match a {
-                Value::Object(m) => Some(attachment(m)),
-                _ => None,
-            })
-            .collect(),
-        meta: opt_object(o, "meta"),
-        headers: opt_object(o, "headers"),
-        actions: opt_array(o, "actions"),
-        macros: opt_array(o, "macros"),
-        created_datetime: opt_string(o, "created_datetime"),
-        opened_datetime: opt_string(o, "opened_datetime"),
-        failed_datetime: opt_string(o, "failed_datetime"),
-        last_sending_error: opt_object(o, "last_sending_error"),
-        deleted_datetime: opt_string(o, "deleted_datetime"),
-        replied_by: present_string(o, "replied_by"),
-        replied_to: present_string(o, "replied_to"),
+fn id(id: gorgias::Id) -> Number {
+    Number::from(id.0)
+}
+
+impl From<gorgias::Message> for Message {
+    fn from(m: gorgias::Message) -> Self {
+        Self {
+            id: id(m.id),
+            uri: m.uri,
+            message_id: m.message_id,
+            integration_id: m.integration_id.map(id),
+            rule_id: m.rule_id.map(id),
+            external_id: m.external_id,
+            ticket_id: id(m.ticket_id),
+            channel: m.channel,
+            via: m.via,
+            subject: m.subject,
+            body_text: m.body_text,
+            body_html: m.body_html,
+            stripped_text: m.stripped_text,
+            stripped_html: m.stripped_html,
+            stripped_signature: m.stripped_signature,
+            public: m.public,
+            from_agent: m.from_agent,
+            sender: m
+                .sender
+                .map(User::from)
+                .unwrap_or_else(|| User::from(gorgias::Person::default())),
+            receiver: m.receiver.map(User::from),
+            attachments: m.attachments.into_iter().map(Attachment::from).collect(),
+            meta: m.meta,
+            headers: m.headers,
+            actions: m.actions,
+            macros: m.macros,
+            created_datetime: m.created_datetime,
+            opened_datetime: m.opened_datetime,
+            failed_datetime: m.failed_datetime,
+            last_sending_error: m.last_sending_error,
+            deleted_datetime: m.deleted_datetime,
+            replied_by: m.replied_by,
+            replied_to: m.replied_to,
+        }
     }
 }
 
-fn user(mut o: Map<String, Value>) -> User {
-    let o = &mut o;
-    User {
-        id: number(o, "id"),
-        firstname: string(o, "firstname"),
-        lastname: string(o, "lastname"),
-        meta: opt_object(o, "meta"),
-        email: opt_string(o, "email"),
-        name: opt_string(o, "name"),
+impl From<gorgias::Person> for User {
+    fn from(p: gorgias::Person) -> Self {
+        Self {
+            id: id(p.id),
+            firstname: p.firstname,
+            lastname: p.lastname,
+            meta: p.meta,
+            email: p.email,
+            name: p.name,
+        }
     }
 }
 
-fn assignee(mut o: Map<String, Value>) -> Assignee {
-    let o = &mut o;
-    Assignee {
-        id: number(o, "id"),
-        firstname: string(o, "firstname"),
-        lastname: string(o, "lastname"),
-        meta: opt_object(o, "meta"),
-        email: string(o, "email"),
-        name: string(o, "name"),
-        bio: opt_string(o, "bio"),
+impl From<gorgias::Assignee> for Assignee {
+    fn from(a: gorgias::Assignee) -> Self {
+        Self {
+            id: id(a.id),
+            firstname: a.firstname,
+            lastname: a.lastname,
+            meta: a.meta,
+            email: a.email,
+            name: a.name,
+            bio: a.bio,
+        }
     }
 }
 
-fn attachment(mut o: Map<String, Value>) -> Attachment {
-    let o = &mut o;
-    Attachment {
-        url: string(o, "url"),
-        name: string(o, "name"),
-        size: opt_number(o, "size"),
-        content_type: string(o, "content_type"),
-        // Gorgias echoes `public: true` for hosted URLs; absent means the default, public.
-        public: o.get("public").and_then(Value::as_bool).unwrap_or(true),
-        extra: opt_string(o, "extra"),
+impl From<gorgias::Attachment> for Attachment {
+    fn from(a: gorgias::Attachment) -> Self {
+        Self {
+            url: a.url,
+            name: a.name,
+            size: a.size,
+            content_type: a.content_type,
+            // Gorgias echoes `public: true` for hosted URLs; absent means the default, public.
+            public: a.public.unwrap_or(true),
+            extra: a.extra,
+        }
     }
 }
 
-fn tag(mut o: Map<String, Value>) -> Tag {
-    let o = &mut o;
-    Tag {
-        id: number(o, "id"),
-        name: string(o, "name"),
-        uri: opt_string(o, "uri"),
-        decoration: opt_object(o, "decoration"),
-        created_datetime: opt_string(o, "created_datetime"),
-        deleted_datetime: present_string(o, "deleted_datetime"),
+impl From<gorgias::Tag> for Tag {
+    fn from(t: gorgias::Tag) -> Self {
+        Self {
+            id: id(t.id),
+            name: t.name,
+            uri: t.uri,
+            decoration: t.decoration,
+            created_datetime: t.created_datetime,
+            deleted_datetime: t.deleted_datetime,
+        }
     }
-}
-
-fn opt_string(o: &mut Map<String, Value>, key: &str) -> Option<String> {
-    match o.remove(key) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn string(o: &mut Map<String, Value>, key: &str) -> String {
-    opt_string(o, key).unwrap_or_default()
-}
-
-/// Present in the answer only when Gorgias sent the key; `Some(None)` when it sent null (or
-/// another type).
-fn present_string(o: &mut Map<String, Value>, key: &str) -> Option<Option<String>> {
-    o.remove(key).map(|v| match v {
-        Value::String(s) => Some(s),
-        _ => None,
-    })
-}
-
-fn boolean(o: &Map<String, Value>, key: &str) -> bool {
-    o.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn as_number(v: Value) -> Option<Number> {
-    match v {
-        Value::Number(n) => Some(n),
-        // An id sent as a numeric string is still an id.
-        Value::String(s) => s.parse::<u64>().ok().map(Number::from),
-        _ => None,
-    }
-}
-
-fn opt_number(o: &mut Map<String, Value>, key: &str) -> Option<Number> {
-    o.remove(key).and_then(as_number)
-}
-
-fn number(o: &mut Map<String, Value>, key: &str) -> Number {
-    opt_number(o, key).unwrap_or_else(|| Number::from(0))
-}
-
-fn opt_object(o: &mut Map<String, Value>, key: &str) -> Option<Map<String, Value>> {
-    match o.remove(key) {
-        Some(Value::Object(m)) => Some(m),
-        _ => None,
-    }
-}
-
-fn opt_array(o: &mut Map<String, Value>, key: &str) -> Option<Vec<Value>> {
-    match o.remove(key) {
-        Some(Value::Array(a)) => Some(a),
-        _ => None,
-    }
-}
-
-fn list(o: &mut Map<String, Value>, key: &str) -> Vec<Value> {
-    opt_array(o, key).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -437,10 +350,14 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    fn map(v: Value) -> Result<Ticket, MappingError> {
+        Ticket::try_from(serde_json::from_value::<gorgias::Ticket>(v).unwrap())
+    }
+
     #[test]
     fn the_recorded_ticket_maps_to_the_reference_output_with_a_string_id() {
         let wire = fixture("post-tickets.json")["body"].clone();
-        let out = serde_json::to_value(Ticket::from_gorgias(&wire).unwrap()).unwrap();
+        let out = serde_json::to_value(map(wire).unwrap()).unwrap();
         let mut reference = fixture("ticket-response.reference.json");
         // The reference flow answered the id as a number; the model (and we) declare a string.
         reference["id"] = json!("173596132");
@@ -455,7 +372,7 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_and_nulls_pass_through() {
-        let t = Ticket::from_gorgias(&json!({
+        let t = map(json!({
             "id": 1, "via": "carrier-pigeon", "channel": "telepathy", "status": "snoozed",
             "tags": null, "messages": [{"id": 2, "via": "new-thing", "attachments": null,
                                          "sender": null, "public": null}]
@@ -472,17 +389,8 @@ mod tests {
 
     #[test]
     fn only_a_missing_id_or_messages_list_fails() {
-        assert_eq!(
-            Ticket::from_gorgias(&json!({"messages": []})),
-            Err(MappingError::NoId)
-        );
-        assert_eq!(
-            Ticket::from_gorgias(&json!({"id": 1})),
-            Err(MappingError::NoMessages)
-        );
-        assert_eq!(
-            Ticket::from_gorgias(&json!("x")),
-            Err(MappingError::NotAnObject)
-        );
+        assert_eq!(map(json!({"messages": []})), Err(MappingError::NoId));
+        assert_eq!(map(json!({"id": 1})), Err(MappingError::NoMessages));
+        assert!(serde_json::from_value::<gorgias::Ticket>(json!("x")).is_err());
     }
 }

@@ -1,23 +1,41 @@
-//! `--sandbox` and the `healthcheck` subcommand: small helpers kept out of `main.rs`.
-
-use std::net::SocketAddr;
-use std::time::Duration;
+//! `--sandbox`: the simulator started inside the service (feature `sandbox`, default on).
 
 use crate::config::Config;
-use crate::sim::{SimConfig, Simulator};
+
+/// What keeps the sandbox's simulator running; drop it to stop it.
+#[cfg(feature = "sandbox")]
+pub type Guard = gorgias_sim::Simulator;
+/// Without the `sandbox` feature there is no simulator to keep.
+#[cfg(not(feature = "sandbox"))]
+pub type Guard = ();
+
+/// Starts the simulator and points `config` at it when `sandbox` is set. Without the feature,
+/// `--sandbox` was already refused by the config, so this does nothing.
+///
+/// # Errors
+/// When no loopback port can be bound.
+pub async fn attach_if(sandbox: bool, config: &mut Config) -> std::io::Result<Option<Guard>> {
+    #[cfg(feature = "sandbox")]
+    if sandbox {
+        return attach_simulator(config).await.map(Some);
+    }
+    let _ = (sandbox, config);
+    Ok(None)
+}
 
 /// Starts an in-process simulator on a free loopback port and points `config` at it.
 ///
 /// # Errors
 /// When no loopback port can be bound.
-pub async fn attach_simulator(config: &mut Config) -> std::io::Result<Simulator> {
-    let sim = Simulator::spawn(
-        SimConfig {
+#[cfg(feature = "sandbox")]
+pub async fn attach_simulator(config: &mut Config) -> std::io::Result<Guard> {
+    let sim = gorgias_sim::Simulator::spawn(
+        gorgias_sim::SimConfig {
             // The sandbox is for trying the service, not for meeting Gorgias's rate limit.
             rate_limit: None,
-            ..SimConfig::default()
+            ..gorgias_sim::SimConfig::default()
         },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     )
     .await?;
     config.gorgias.base_url = sim.url();
@@ -28,30 +46,4 @@ pub async fn attach_simulator(config: &mut Config) -> std::io::Result<Simulator>
         "SANDBOX MODE: tickets go to an in-memory Gorgias simulator, not to Gorgias; inbound auth is off"
     );
     Ok(sim)
-}
-
-/// Probes `GET /healthz` and returns the process exit code: 0 when it answers 200.
-pub async fn healthcheck(url: Option<url::Url>, listen: SocketAddr) -> i32 {
-    let url = match url {
-        Some(u) => u.to_string(),
-        None => format!("http://127.0.0.1:{}/healthz", listen.port()),
-    };
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    {
-        Ok(c) => c,
-        Err(_) => return 1,
-    };
-    match client.get(&url).send().await {
-        Ok(r) if r.status().is_success() => 0,
-        Ok(r) => {
-            eprintln!("healthcheck: {url} answered {}", r.status());
-            1
-        }
-        Err(e) => {
-            eprintln!("healthcheck: {url}: {e}");
-            1
-        }
-    }
 }

@@ -10,10 +10,13 @@ use std::time::Duration;
 use moka::future::Cache;
 use tokio::time::Instant;
 
+use gorgias::{
+    CreateCustomer, CreateTicket, Customer, GorgiasClient, GorgiasError, NewAttachment, NewMessage,
+    PersonRef,
+};
+
 use crate::coordination::SharedCustomers;
 use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
-use crate::gorgias::models::{NewAttachment, NewTicketBody, NewTicketMessage, PersonRef};
-use crate::gorgias::{Customer, GorgiasClient, GorgiasError};
 use crate::output::{MappingError, Ticket};
 use crate::telemetry::{mask_email, mask_phone};
 
@@ -154,59 +157,22 @@ impl Ticketing {
     ) -> Result<Ticket, TicketingError> {
         let customer = self.customer(t, deadline).await?;
         let channel = self.ticket_channel(deadline).await?;
-        let email = customer
-            .email
-            .as_deref()
-            .or(t.email.as_ref().map(|e| e.as_str()));
-        let person = PersonRef {
-            id: customer.id,
-            email,
-        };
-        let body = NewTicketBody {
-            customer: person,
-            channel: &channel,
-            via: "api",
-            from_agent: false,
-            external_id,
-            messages: t
-                .messages
-                .iter()
-                .map(|m| NewTicketMessage {
-                    channel: self.message_channel.as_str(),
-                    via: "api",
-                    from_agent: false,
-                    sender: person,
-                    external_id: m.id.as_str(),
-                    body_text: &m.body_text,
-                    body_html: &m.body_html,
-                    attachments: m
-                        .attachments
-                        .iter()
-                        .map(|a| NewAttachment {
-                            url: a.url.as_str(),
-                            name: &a.name,
-                            size: a.size,
-                            content_type: a.content_type.as_str(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
+        let body = ticket_request(t, &customer, &channel, self.message_channel, external_id);
         if reconcile_first && let Some(found) = self.find_ticket(external_id, deadline).await? {
             crate::metrics::reconciled();
-            return Ok(Ticket::from_gorgias_owned(found.0)?);
+            return Ok(Ticket::try_from(found)?);
         }
-        let wire = self.create_once(&body, deadline).await?;
-        Ok(Ticket::from_gorgias_owned(wire.0)?)
+        let created = self.create_once(&body, deadline).await?;
+        Ok(Ticket::try_from(created)?)
     }
 
     /// Creates the ticket; after an ambiguous failure (timeout, lost connection, 5xx) looks it
     /// up by `external_id` and answers with the one that exists rather than creating a twin.
     async fn create_once(
         &self,
-        body: &NewTicketBody<'_>,
+        body: &CreateTicket<'_>,
         deadline: Instant,
-    ) -> Result<crate::gorgias::WireTicket, GorgiasError> {
+    ) -> Result<gorgias::Ticket, GorgiasError> {
         let mut delays = self.client.retry_delays();
         let mut tries = 0;
         loop {
@@ -233,28 +199,24 @@ impl Ticketing {
         &self,
         external_id: &str,
         deadline: Instant,
-    ) -> Result<Option<crate::gorgias::WireTicket>, GorgiasError> {
+    ) -> Result<Option<gorgias::Ticket>, GorgiasError> {
         let found = self
             .client
             .tickets_by_external_id(external_id, deadline)
             .await?;
         let Some(first) = found
             .into_iter()
-            .find(|t| t.external_id() == Some(external_id))
+            .find(|t| t.external_id.as_deref() == Some(external_id))
         else {
             return Ok(None);
         };
-        // A list item may be abridged; fetch the full ticket when its messages are missing.
-        if first
-            .0
-            .get("messages")
-            .is_some_and(serde_json::Value::is_array)
-        {
-            return Ok(Some(first));
-        }
-        match first.0.get("id").and_then(serde_json::Value::as_u64) {
-            Some(id) => self.client.ticket(id, deadline).await.map(Some),
-            None => Ok(Some(first)),
+        // List items are abridged (no messages, live): fetch the full ticket then.
+        match (
+            &first.messages,
+            first.id.as_ref().and_then(gorgias::TicketId::as_u64),
+        ) {
+            (None, Some(id)) => self.client.ticket(id, deadline).await.map(Some),
+            _ => Ok(Some(first)),
         }
     }
 
@@ -375,11 +337,8 @@ impl Ticketing {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self
-                .client
-                .create_customer(email, t.phone.as_str(), deadline)
-                .await
-            {
+            let request = CreateCustomer::with_phone(t.phone.as_str(), email);
+            match self.client.create_customer(&request, deadline).await {
                 Ok(c) => return Ok(c),
                 // Someone created it meanwhile (409), or our create may have landed (ambiguous):
                 // look again before anything else.
@@ -430,5 +389,55 @@ impl Ticketing {
             .map(|h| h.customer_id)
             .min()
             .map(|id| Customer { id, email: None }))
+    }
+}
+
+/// The one mapping from our validated ticket to Gorgias's create request. Every message is an
+/// incoming API message from the customer, sent on `message_channel` (never `email`, see
+/// [`MessageChannel`]); the ticket carries `external_id` so a create of unknown outcome can be
+/// found again.
+fn ticket_request<'a>(
+    t: &'a NewTicket,
+    customer: &'a Customer,
+    channel: &'a str,
+    message_channel: MessageChannel,
+    external_id: &'a str,
+) -> CreateTicket<'a> {
+    let person = PersonRef {
+        id: customer.id,
+        email: customer
+            .email
+            .as_deref()
+            .or(t.email.as_ref().map(|e| e.as_str())),
+    };
+    CreateTicket {
+        customer: person,
+        channel,
+        via: "api",
+        from_agent: false,
+        external_id,
+        messages: t
+            .messages
+            .iter()
+            .map(|m| NewMessage {
+                channel: message_channel.as_str(),
+                via: "api",
+                from_agent: false,
+                sender: person,
+                external_id: Some(m.id.as_str()),
+                body_text: &m.body_text,
+                body_html: &m.body_html,
+                attachments: m
+                    .attachments
+                    .iter()
+                    .map(|a| NewAttachment {
+                        url: a.url.as_str(),
+                        name: &a.name,
+                        size: a.size,
+                        content_type: a.content_type.as_str(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }

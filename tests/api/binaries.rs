@@ -37,49 +37,6 @@ async fn the_sandbox_binary_answers_the_example_with_201() {
     assert!(crate::model::problems(&body).is_empty());
 }
 
-#[tokio::test]
-async fn the_simulator_binary_announces_its_address_and_checks_credentials() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gorgias-sim"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--username",
-        "u@example.com",
-        "--api-key",
-        "k",
-    ]);
-    let (_proc, url) = start(cmd, |line| {
-        line.strip_prefix("listening on ").map(str::to_owned)
-    });
-    let http = reqwest::Client::new();
-    let denied = http
-        .get(format!("{url}/api/account/settings"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(denied.status(), 401);
-    let body: Value = denied.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"error": {"msg": "Unauthorized."}}));
-    let ok = http
-        .get(format!("{url}/api/account/settings"))
-        .basic_auth("u@example.com", Some("k"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    assert_eq!(ok.headers()["x-gorgias-account-api-call-limit"], "1/40");
-    let stats: Value = http
-        .get(format!("{url}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["requests_total"], 2);
-    assert_eq!(stats["requests"]["GET /api/account/settings"], 2);
-}
-
 #[test]
 fn without_gorgias_settings_the_service_refuses_to_start_naming_each_one() {
     let out = Command::new(env!("CARGO_BIN_EXE_gorgias-proxy"))

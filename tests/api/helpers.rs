@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gorgias::{Auth, RetryPolicy};
 use gorgias_proxy::app::Application;
 use gorgias_proxy::config::Config;
-use gorgias_proxy::gorgias::{Auth, RetryPolicy};
-use gorgias_proxy::sim::{SimConfig, Simulator, Stats};
+use gorgias_sim::{SimConfig, Simulator, Stats};
 use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
@@ -252,13 +252,34 @@ pub fn start_capturing(
     panic!("the program exited without announcing its address");
 }
 
-/// Starts `gorgias-sim` with `args` on a free port; returns it and its base URL.
-pub fn start_sim(args: &[&str]) -> (Running, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gorgias-sim"));
-    cmd.args(["--listen", "127.0.0.1:0"]).args(args);
-    start(cmd, |line| {
-        line.strip_prefix("listening on ").map(str::to_owned)
-    })
+/// A simulator on its own thread and runtime, as if it were another process; stops when dropped.
+pub struct SimThread(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+/// Starts a simulator with the program's flags (`args`) on a free port, on its own runtime so
+/// the test's runtime cannot starve it; returns it and its base URL.
+pub fn start_sim(args: &[&str]) -> (SimThread, String) {
+    let flags = std::iter::once("gorgias-sim").chain(args.iter().copied());
+    let config = gorgias_sim::cli::Args::from_flags(flags)
+        .unwrap()
+        .config()
+        .unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sim = Simulator::spawn(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .unwrap();
+            url_tx.send(format!("http://{}", sim.addr())).unwrap();
+            let _ = stopped.await;
+        });
+    });
+    (SimThread(stop), url_rx.recv().unwrap())
 }
 
 /// Starts `gorgias-proxy` against `sim_url` with extra `env`; returns it and its address.

@@ -1,6 +1,6 @@
 //! `Idempotency-Key`: replay, different body, concurrent use; memory and Redis stores.
 
-use gorgias_proxy::sim::Faults;
+use gorgias_sim::Faults;
 use serde_json::Value;
 
 use crate::helpers::{

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gorgias_proxy::app::Application;
-use gorgias_proxy::sim::{Credentials, Faults};
+use gorgias_sim::{Credentials, Faults};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -348,7 +348,7 @@ async fn the_served_openapi_document_matches_the_committed_copy() {
 
 #[tokio::test]
 async fn metrics_listen_moves_metrics_to_their_own_address() {
-    let sim = gorgias_proxy::sim::Simulator::spawn(sim_config(), "127.0.0.1:0".parse().unwrap())
+    let sim = gorgias_sim::Simulator::spawn(sim_config(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let mut config = test_config(sim.url());

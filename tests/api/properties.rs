@@ -147,7 +147,8 @@ proptest! {
         let mut o: Map<String, Value> = extra.into_iter().collect();
         o.insert("id".into(), id);
         o.insert("messages".into(), Value::Array(messages));
-        let t = Ticket::from_gorgias(&Value::Object(o));
+        let wire: gorgias::Ticket = serde_json::from_value(Value::Object(o)).unwrap();
+        let t = Ticket::try_from(wire);
         prop_assert!(t.is_ok(), "{t:?}");
         let out = serde_json::to_value(t.unwrap()).unwrap();
         prop_assert!(out["id"].is_string());

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use gorgias_proxy::sim::{CommitFailure, Faults};
+use gorgias_sim::{CommitFailure, Faults};
 use serde_json::Value;
 
 use crate::helpers::{example, sim_config, spawn_app_with, ticket_for};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gorgias_proxy::sim::{Credentials, Faults};
+use gorgias_sim::{Credentials, Faults};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -16,12 +16,12 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::GorgiasError;
-use super::models::{
-    Customer, CustomerList, ErrorBody, NewChannel, NewCustomer, NewTicketBody, PhoneHit,
-    PrunedTicket, SearchAnswer, SearchQuery, Settings, TicketList, WireTicket,
+use crate::error::{BuildError, GorgiasError};
+use crate::models::{
+    CreateCustomer, CreateTicket, Customer, ErrorBody, List, PhoneHit, SearchItem, SearchQuery,
+    Settings, Ticket,
 };
-use super::pacing::Pacer;
+use crate::pacing::{Pacer, SharedBudget};
 
 /// How we prove who we are to Gorgias.
 #[derive(Clone)]
@@ -106,7 +106,7 @@ impl RetryPolicy {
     }
 }
 
-/// Everything the client needs; built by the app from [`crate::config::Config`].
+/// Everything the client needs.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     /// `https://{domain}.gorgias.com/` or the simulator's address.
@@ -154,17 +154,18 @@ impl GorgiasClient {
     ///
     /// # Errors
     /// When the credentials cannot form a header value or the TLS stack cannot start.
-    pub fn new(settings: ClientSettings) -> anyhow::Result<Self> {
+    pub fn new(settings: ClientSettings) -> Result<Self, BuildError> {
         let auth = settings
             .auth
             .header()
-            .map_err(|_| anyhow::anyhow!("the Gorgias credentials contain invalid characters"))?;
+            .map_err(|_| BuildError::Credentials)?;
         let http = reqwest::Client::builder()
-            .user_agent(concat!("gorgias-proxy/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("gorgias-rs/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.attempt_timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .build()?;
+            .build()
+            .map_err(BuildError::Http)?;
         let mut base_url = settings.base_url;
         if !base_url.path().ends_with('/') {
             let path = format!("{}/", base_url.path());
@@ -181,14 +182,19 @@ impl GorgiasClient {
     }
 
     /// A fresh backoff schedule, for callers that retry a whole step (e.g. a reconciled create).
-    pub(crate) fn retry_delays(&self) -> impl Iterator<Item = Duration> + use<> {
+    pub fn retry_delays(&self) -> impl Iterator<Item = Duration> + use<> {
         self.retry.delays()
     }
 
-    /// Shares the call budget with other replicas through Redis.
-    pub fn share_pacing(mut self, conn: redis::aio::ConnectionManager) -> Self {
-        let account = self.base_url.to_string();
-        self.pacer = std::mem::take(&mut self.pacer).shared(conn, &account);
+    /// The account's base URL (it names the account, e.g. for keys in a shared store).
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// Shares the call budget with other processes through `backend` (see
+    /// [`Pacer::budget`] for what it should enforce).
+    pub fn share_pacing(mut self, backend: std::sync::Arc<dyn SharedBudget>) -> Self {
+        self.pacer = std::mem::take(&mut self.pacer).shared(backend);
         self
     }
 
@@ -217,10 +223,7 @@ impl GorgiasClient {
                 Resend::Safe,
             )
             .await?;
-        Ok(s.assignment_channels()
-            .into_iter()
-            .map(str::to_owned)
-            .collect())
+        Ok(s.assignment_channels())
     }
 
     /// `GET /api/customers?email=`: at most one customer owns a primary email.
@@ -233,7 +236,7 @@ impl GorgiasClient {
         deadline: Instant,
     ) -> Result<Vec<Customer>, GorgiasError> {
         let endpoint = "GET /api/customers";
-        let list: CustomerList = self
+        let list: List<Customer> = self
             .call_json(
                 endpoint,
                 Method::GET,
@@ -244,7 +247,7 @@ impl GorgiasClient {
                 Resend::Safe,
             )
             .await?;
-        Ok(list.data)
+        Ok(list.0)
     }
 
     /// `POST /api/search` with `customer_channel_phone`: phone channels whose address matches
@@ -263,7 +266,7 @@ impl GorgiasClient {
             query,
             size: SEARCH_SIZE,
         })?;
-        let answer: SearchAnswer = self
+        let answer: List<SearchItem> = self
             .call_json(
                 endpoint,
                 Method::POST,
@@ -275,38 +278,24 @@ impl GorgiasClient {
             )
             .await?;
         Ok(answer
-            .into_items()
-            .iter()
-            .flat_map(PhoneHit::from_item)
+            .0
+            .into_iter()
+            .flat_map(SearchItem::into_hits)
             .collect())
     }
 
-    /// `POST /api/customers` with an email channel (when known) and a phone channel. Sent once:
-    /// after an ambiguous failure the caller looks the customer up before creating again.
+    /// `POST /api/customers`. Sent once: after an ambiguous failure the caller looks the
+    /// customer up before creating again.
     ///
     /// # Errors
     /// Any [`GorgiasError`]; 409 arrives as `Rejected { status: 409 }`.
     pub async fn create_customer(
         &self,
-        email: Option<&str>,
-        phone: &str,
+        customer: &CreateCustomer<'_>,
         deadline: Instant,
     ) -> Result<Customer, GorgiasError> {
         let endpoint = "POST /api/customers";
-        let mut channels = Vec::with_capacity(2);
-        if let Some(address) = email {
-            channels.push(NewChannel {
-                kind: "email",
-                address,
-                preferred: true,
-            });
-        }
-        channels.push(NewChannel {
-            kind: "phone",
-            address: phone,
-            preferred: true,
-        });
-        let body = encode(&NewCustomer { email, channels })?;
+        let body = encode(customer)?;
         self.call_json(
             endpoint,
             Method::POST,
@@ -324,28 +313,27 @@ impl GorgiasClient {
     ///
     /// # Errors
     /// Any [`GorgiasError`].
-    pub(crate) async fn create_ticket(
+    pub async fn create_ticket(
         &self,
-        ticket: &NewTicketBody<'_>,
+        ticket: &CreateTicket<'_>,
         deadline: Instant,
-    ) -> Result<WireTicket, GorgiasError> {
+    ) -> Result<Ticket, GorgiasError> {
         let endpoint = "POST /api/tickets";
         let body = encode(ticket)?;
-        let pruned: PrunedTicket = self
-            .call_json(
-                endpoint,
-                Method::POST,
-                "api/tickets",
-                &[],
-                Some(body),
-                deadline,
-                Resend::Never,
-            )
-            .await?;
-        Ok(WireTicket(pruned.0))
+        self.call_json(
+            endpoint,
+            Method::POST,
+            "api/tickets",
+            &[],
+            Some(body),
+            deadline,
+            Resend::Never,
+        )
+        .await
     }
 
-    /// `GET /api/tickets?external_id=`: the tickets carrying our idempotency marker.
+    /// `GET /api/tickets?external_id=`: the tickets carrying our idempotency marker. List items
+    /// are abridged (no `messages`): fetch a full one with [`GorgiasClient::ticket`].
     ///
     /// # Errors
     /// Any [`GorgiasError`] once retries within `deadline` are spent.
@@ -353,9 +341,9 @@ impl GorgiasClient {
         &self,
         external_id: &str,
         deadline: Instant,
-    ) -> Result<Vec<WireTicket>, GorgiasError> {
+    ) -> Result<Vec<Ticket>, GorgiasError> {
         let endpoint = "GET /api/tickets";
-        let list: TicketList = self
+        let list: List<Ticket> = self
             .call_json(
                 endpoint,
                 Method::GET,
@@ -366,28 +354,26 @@ impl GorgiasClient {
                 Resend::Safe,
             )
             .await?;
-        Ok(list.data.into_iter().map(WireTicket).collect())
+        Ok(list.0)
     }
 
     /// `GET /api/tickets/{id}`: the full ticket (list items may be abridged).
     ///
     /// # Errors
     /// Any [`GorgiasError`] once retries within `deadline` are spent.
-    pub async fn ticket(&self, id: u64, deadline: Instant) -> Result<WireTicket, GorgiasError> {
+    pub async fn ticket(&self, id: u64, deadline: Instant) -> Result<Ticket, GorgiasError> {
         let endpoint = "GET /api/tickets/{id}";
         let path = format!("api/tickets/{id}");
-        let value: serde_json::Value = self
-            .call_json(
-                endpoint,
-                Method::GET,
-                &path,
-                &[],
-                None,
-                deadline,
-                Resend::Safe,
-            )
-            .await?;
-        Ok(WireTicket(value))
+        self.call_json(
+            endpoint,
+            Method::GET,
+            &path,
+            &[],
+            None,
+            deadline,
+            Resend::Safe,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]

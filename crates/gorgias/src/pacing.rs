@@ -9,8 +9,34 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::error::GorgiasError;
-use crate::coordination::SharedLimiter;
+use crate::error::GorgiasError;
+
+/// A boxed future, so the shared backend can be a trait object.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Why the shared budget could not be consulted; the pacer then falls back to its own.
+pub type BudgetError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An account budget shared by several processes (replicas of a service calling one Gorgias
+/// account), e.g. a GCRA limiter in Redis. The client knows only this trait, so it does not
+/// depend on any store; the service brings the implementation.
+pub trait SharedBudget: Send + Sync + std::fmt::Debug {
+    /// Takes one call: `Ok(None)` when allowed now, `Ok(Some(wait))` when the next free slot is
+    /// that far away (nothing is taken then).
+    fn try_take(&self) -> BoxFuture<'_, Result<Option<Duration>, BudgetError>>;
+    /// Charges `calls` that Gorgias counted beyond ours (other integrations on the account).
+    fn charge(&self, calls: u32) -> BoxFuture<'_, Result<(), BudgetError>>;
+}
+
+/// The budget a shared backend should enforce: `allowed` calls (the account's limit less our
+/// headroom) per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Calls per window we allow ourselves.
+    pub allowed: u32,
+    /// The window.
+    pub window: Duration,
+}
 
 /// Share of the account's budget we allow ourselves: Gorgias's bucket and ours are not in step,
 /// and other integrations on the same account spend from it too.
@@ -20,9 +46,9 @@ const HEADROOM: f64 = 0.9;
 #[derive(Clone, Default)]
 pub struct Pacer {
     inner: Option<Arc<Inner>>,
-    /// The budget shared with other replicas through Redis; the local limiter is the fallback
-    /// while Redis is unreachable.
-    shared: Option<SharedLimiter>,
+    /// The budget shared with other processes; the local limiter is the fallback while it is
+    /// unreachable.
+    shared: Option<Arc<dyn SharedBudget>>,
 }
 
 struct Inner {
@@ -74,12 +100,17 @@ impl Pacer {
         }
     }
 
-    /// The same budget, shared with every replica through Redis. Pacing off stays off.
-    pub fn shared(self, conn: redis::aio::ConnectionManager, account: &str) -> Self {
-        let shared = self
-            .inner
-            .as_ref()
-            .map(|i| SharedLimiter::new(conn, account, i.allowed, i.window));
+    /// The budget a shared backend should enforce, or `None` when pacing is off.
+    pub fn budget(&self) -> Option<Budget> {
+        self.inner.as_ref().map(|i| Budget {
+            allowed: i.allowed,
+            window: i.window,
+        })
+    }
+
+    /// The same budget, shared with other processes through `backend`. Pacing off stays off.
+    pub fn shared(self, backend: Arc<dyn SharedBudget>) -> Self {
+        let shared = self.inner.is_some().then_some(backend);
         Self { shared, ..self }
     }
 

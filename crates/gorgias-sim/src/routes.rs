@@ -149,7 +149,7 @@ fn is_authorized(creds: &Credentials, req: &Request) -> bool {
 async fn account_settings(State(sim): Sim) -> Response {
     let channels = sim.control().assignment_channels.clone();
     let mut body: Value = serde_json::from_str(include_str!(
-        "../../tests/fixtures/get-account-settings.json"
+        "../../../tests/fixtures/get-account-settings.json"
     ))
     .map(|v: Value| v["body"].clone())
     .unwrap_or_else(|_| json!({"data": []}));

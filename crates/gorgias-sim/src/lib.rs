@@ -5,8 +5,10 @@
 //! body, the account's leaky bucket with `Retry-After` and `X-Gorgias-Account-Api-Call-Limit`,
 //! 409 on a taken email, prefix phone search, ticket validation with `{"error":{"msg","data"}}`.
 //! Faults (latency, error share, fail-after-commit) are set by flags or `POST /_sim/faults`.
-//! Shares no code with the client: only the recorded shapes.
+//! Shares no code with the client (it does not depend on the `gorgias` crate): it speaks JSON
+//! in the recorded shapes, so a wrong client model cannot be wrong in both places and pass.
 
+pub mod cli;
 mod routes;
 mod state;
 
@@ -20,6 +22,34 @@ use url::Url;
 
 pub use state::Stats;
 use state::{Bucket, Data};
+
+/// The HTTP Basic username the simulator accepts by default (the sandbox's).
+pub const DEFAULT_USERNAME: &str = "sandbox@example.com";
+/// The API key the simulator accepts by default. Not a secret: it opens nothing real.
+pub const DEFAULT_API_KEY: &str = "sandbox-key";
+
+/// Reads an account limit `40/20s`, `80/20` or `off` (`None`).
+///
+/// # Errors
+/// When the text is none of those forms.
+pub fn parse_rate_limit(spec: &str) -> Result<Option<(u32, Duration)>, String> {
+    let s = spec.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || format!("rate limit must look like 40/20s, or be off: {s}");
+    let (calls, window) = s.split_once('/').ok_or_else(bad)?;
+    let calls: u32 = calls.trim().parse().map_err(|_| bad())?;
+    let secs: f64 = window
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| bad())?;
+    if calls == 0 || !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Some((calls, Duration::from_secs_f64(secs))))
+}
 
 /// How a fail-after-commit fault answers once the ticket is stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,8 +102,8 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            username: crate::config::SANDBOX_USERNAME.into(),
-            api_key: crate::config::SANDBOX_API_KEY.into(),
+            username: DEFAULT_USERNAME.into(),
+            api_key: DEFAULT_API_KEY.into(),
             access_token: None,
             rate_limit: Some((40, Duration::from_secs(20))),
             seed_customers: 0,

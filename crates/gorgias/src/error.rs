@@ -129,3 +129,14 @@ impl GorgiasError {
         }
     }
 }
+
+/// Why a [`crate::GorgiasClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The credentials contain characters an HTTP header cannot carry.
+    #[error("the Gorgias credentials contain invalid characters")]
+    Credentials,
+    /// The HTTP stack (TLS) could not start.
+    #[error("the HTTP client could not be built")]
+    Http(#[source] reqwest::Error),
+}

@@ -1,0 +1,103 @@
+//! The simulator's command line, as a library item so tests can start the simulator in-process
+//! with exactly the flags the program takes.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+use crate::{CommitFailure, Faults, SimConfig, parse_rate_limit};
+
+/// An in-memory Gorgias account that answers in Gorgias's recorded shapes.
+#[derive(Debug, Parser)]
+#[command(name = "gorgias-sim", version)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// HTTP Basic username accepted.
+    #[arg(long, default_value = crate::DEFAULT_USERNAME)]
+    pub username: String,
+    /// API key accepted.
+    #[arg(long, default_value = crate::DEFAULT_API_KEY)]
+    pub api_key: String,
+    /// Bearer token also accepted.
+    #[arg(long)]
+    pub access_token: Option<String>,
+    /// The account's leaky bucket, `CALLS/SECONDSs`, or `off`.
+    #[arg(long, default_value = "40/20s")]
+    pub rate_limit: String,
+    /// Customers to preload: customer{i}@example.com with phone +1555 and i on 7 digits.
+    #[arg(long, default_value_t = 0)]
+    pub seed_customers: usize,
+    /// Latency added to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Up to this much more latency, at random, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
+    /// Share of calls answered with --error-status.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Status of injected errors.
+    #[arg(long, default_value_t = 503)]
+    pub error_status: u16,
+    /// Share of ticket creates that store the ticket, then fail.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_after_commit: f64,
+    /// How they fail: `500` or `drop`.
+    #[arg(long, default_value = "500")]
+    pub fail_after_commit_mode: String,
+    /// Channels of the ticket-assignment setting, comma-separated.
+    #[arg(long)]
+    pub assignment_channels: Option<String>,
+}
+
+impl Args {
+    /// Parses flags the way the program does (the first item is the program name).
+    ///
+    /// # Errors
+    /// When a flag is unknown or its value unusable.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(flags)
+    }
+
+    /// The simulator's configuration.
+    ///
+    /// # Errors
+    /// When `--rate-limit` or `--fail-after-commit-mode` has an unusable value.
+    pub fn config(self) -> Result<SimConfig, String> {
+        let a = self;
+        let mut config = SimConfig {
+            username: a.username,
+            api_key: a.api_key,
+            access_token: a.access_token,
+            rate_limit: parse_rate_limit(&a.rate_limit)?,
+            seed_customers: a.seed_customers,
+            faults: Faults {
+                latency_ms: a.latency_ms,
+                latency_jitter_ms: a.latency_jitter_ms,
+                error_rate: a.error_rate,
+                error_status: Some(a.error_status),
+                fail_after_commit_rate: a.fail_after_commit,
+                fail_after_commit: match a.fail_after_commit_mode.as_str() {
+                    "drop" => CommitFailure::Drop,
+                    "500" => CommitFailure::Status500,
+                    other => {
+                        return Err(format!(
+                            "--fail-after-commit-mode must be 500 or drop, not {other}"
+                        ));
+                    }
+                },
+            },
+            ..SimConfig::default()
+        };
+        if let Some(list) = a.assignment_channels {
+            config.assignment_channels = list.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,37 @@
+//! `gorgias`: a typed async client for the [Gorgias](https://www.gorgias.com) helpdesk REST API.
+//!
+//! It does what every caller of Gorgias has to get right, once:
+//! - auth: HTTP Basic with an API key, or an OAuth2 bearer token ([`Auth`]);
+//! - typed requests ([`CreateTicket`], [`CreateCustomer`]) and lenient typed answers
+//!   ([`Ticket`]): unknown fields ignored, `null` or wrong types read as empty values;
+//! - errors classified by what the caller should do ([`GorgiasError`]: retry, reconcile, give up);
+//! - retries of safe calls within the caller's deadline, honouring `Retry-After`; creates are
+//!   never resent blindly ([`GorgiasError::is_ambiguous`] says when to look before resending);
+//! - pacing under the account's call budget ([`Pacer`]), optionally shared between processes
+//!   through any store that implements [`SharedBudget`].
+//!
+//! It knows nothing of any web framework. Upstream reference:
+//! <https://developers.gorgias.com/reference>.
+//!
+//! # Layout
+//! - `client`: [`GorgiasClient`], one method per endpoint; [`Auth`], [`RetryPolicy`].
+//! - `models`: request and answer shapes.
+//! - `error`: [`GorgiasError`], [`BuildError`].
+//! - `pacing`: [`Pacer`] and the [`SharedBudget`] trait.
+//! - `metrics`: the counters and histograms reported through the `metrics` facade.
+
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod metrics;
+mod models;
+mod pacing;
+
+pub use client::{Auth, ClientSettings, GorgiasClient, RetryPolicy, parse_retry_after};
+pub use error::{BuildError, GorgiasError};
+pub use models::{
+    Assignee, Attachment, CreateCustomer, CreateTicket, Customer, Id, Message, NewAttachment,
+    NewChannel, NewMessage, Person, PersonRef, PhoneHit, Tag, Ticket, TicketId,
+};
+pub use pacing::{BoxFuture, Budget, BudgetError, Pacer, SharedBudget};
