@@ -47,12 +47,4 @@ impl ValidationErrors {
             problem: Problem::Shape,
         });
     }
-
-    pub(crate) fn rule(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-            problem: Problem::Rule,
-        });
-    }
 }

@@ -1,11 +1,12 @@
 //! Validated input: values of these types are valid by construction.
 //!
-//! The only way in is [`NewTicket::parse`], which walks the caller's JSON once and reports
-//! every problem it finds (not just the first) with the JSON path of the field at fault. The
-//! Gorgias client and the use case accept only these types, so nothing downstream re-checks.
+//! The only way in is [`NewTicket::parse`], which validates the caller's JSON against the
+//! request schema derived from the DTOs in [`request`] (the same schema `openapi.json`
+//! publishes), reports every problem it finds with the JSON path of the field at fault, then
+//! converts. The use case accepts only these types, so nothing downstream re-checks.
 
 mod error;
-mod parse;
+pub mod request;
 mod values;
 
 pub use error::{FieldError, Problem, ValidationErrors};

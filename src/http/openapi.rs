@@ -1,104 +1,20 @@
 //! The OpenAPI 3.1 document, generated from the code: the handler's `#[utoipa::path]`, the
-//! output types, and request schema types carrying the bounds that validation enforces (taken
-//! from `domain::limits`, so the two cannot drift). Served at `GET /openapi.json`; a committed
+//! output types, and the request DTOs of `domain::request`, whose schema is also what every
+//! body is validated against. Served at `GET /openapi.json`; a committed
 //! copy lives in `openapi.json` and a test fails when they differ.
 
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::Deserialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
+use crate::domain::request::{
+    AttachmentIn, CustomerIn, MessageIn, TicketIn, TicketRequest, component_schemas,
+};
 use crate::error::Problem;
 use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
-
-/// The body of `POST /ticket` (schema only; parsing is done by `domain::NewTicket::parse`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TicketRequest {
-    customer: CustomerIn,
-    ticket: TicketIn,
-}
-
-/// The customer the ticket is about.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct CustomerIn {
-    /// 1 to 32 characters, only digits, spaces and `+-().`, at least 5 digits. Surrounding
-    /// spaces are dropped before it is stored.
-    #[schema(
-        min_length = 1,
-        max_length = 32,
-        pattern = r"^[ +().\-]*([0-9][ +().\-]*){5,}$",
-        example = "0719908543"
-    )]
-    phone_number: String,
-    /// Email, when known: one `@`, a non-empty local part, a dotted domain.
-    #[schema(
-        max_length = 320,
-        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@.\s\x00-\x1f\x7f-\x9f]+(\.[^@.\s\x00-\x1f\x7f-\x9f]+)+$",
-        example = "nango@example.com"
-    )]
-    email: Option<String>,
-}
-
-/// The ticket's content.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TicketIn {
-    /// 1 to 500 messages, with distinct ids.
-    #[schema(min_items = 1, max_items = 500)]
-    messages: Vec<MessageIn>,
-}
-
-/// One message from the customer; `body_text` and `body_html` must not both be blank.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct MessageIn {
-    /// The caller's id for the message, unique within the ticket (Gorgias's message
-    /// `external_id`).
-    #[schema(min_length = 1, max_length = 255, example = "message123")]
-    id: String,
-    /// Plain-text body.
-    body_text: String,
-    /// HTML body.
-    body_html: String,
-    /// Hosted files; absent or null means none.
-    attachments: Option<Vec<AttachmentIn>>,
-}
-
-/// A file hosted elsewhere.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct AttachmentIn {
-    /// Absolute http(s) URL: a host of letters, digits, dots and hyphens, an optional port.
-    #[schema(
-        max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?([/?#]\S*)?$",
-        example = "https://example.com/file1.png"
-    )]
-    url: String,
-    /// File name, 1 to 255 characters.
-    #[schema(min_length = 1, max_length = 255, example = "file1.png")]
-    name: String,
-    /// Size in bytes.
-    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64, example = 1024)]
-    size: u64,
-    /// Media type, `type/subtype`, optionally with parameters.
-    #[schema(
-        max_length = 255,
-        pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+/[!#$%&'*+.^_`|~0-9A-Za-z\-]+(;[\s\S]*)?$",
-        example = "image/png"
-    )]
-    content_type: String,
-}
 
 /// The operation. Its documentation is the contract callers read.
 #[utoipa::path(
@@ -212,12 +128,13 @@ pub fn document() -> &'static str {
                 p["schema"]["type"] = serde_json::json!("string");
             }
         }
-        // A rule across two fields, which the derive cannot say: not both bodies blank.
-        if let Some(message) = value.pointer_mut("/components/schemas/MessageIn") {
-            message["anyOf"] = serde_json::json!([
-                {"properties": {"body_text": {"pattern": "\\S"}}},
-                {"properties": {"body_html": {"pattern": "\\S"}}}
-            ]);
+        // The request schemas exactly as the validator uses them (with the rule across two
+        // fields that the derive cannot say).
+        if let Some(schemas) = value
+            .pointer_mut("/components/schemas")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schemas.extend(component_schemas());
         }
         serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".to_owned()) + "\n"
     });

@@ -1,0 +1,777 @@
+//! The `POST /ticket` body: **one definition** of its shape, the DTOs below. Their derived schema
+//! is both what `openapi.json` publishes and what every body is validated against (with the
+//! `jsonschema` crate), so the two cannot drift.
+//!
+//! The way in, [`NewTicket::parse`]:
+//! 1. the raw JSON is validated against the schema; every problem is reported with its path,
+//!    shape problems (types, unknown or missing fields) as 400, value problems as 422;
+//! 2. the rules a schema cannot state run on the raw JSON too (distinct message ids), so they are
+//!    reported together with the rest;
+//! 3. only then is the body deserialised into the DTOs (which cannot fail after step 1) and
+//!    converted into the domain types.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayItems, Schema};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::values::{
+    Attachment, ContentType, Email, HttpUrl, MessageId, NewMessage, NewTicket, PhoneNumber,
+};
+use super::{ValidationErrors, limits};
+
+/// The body of `POST /ticket`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRequest {
+    customer: CustomerIn,
+    ticket: TicketIn,
+}
+
+/// The customer the ticket is about.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerIn {
+    /// 1 to 32 characters, only digits, spaces and `+-().`, at least 5 digits. Surrounding
+    /// spaces are dropped before it is stored.
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = r"^[ +().\-]*([0-9][ +().\-]*){5,}$",
+        example = "0719908543"
+    )]
+    phone_number: String,
+    /// Email, when known: one `@`, a non-empty local part, a dotted domain.
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@.\s\x00-\x1f\x7f-\x9f]+(\.[^@.\s\x00-\x1f\x7f-\x9f]+)+$",
+        example = "nango@example.com"
+    )]
+    email: Option<String>,
+}
+
+/// The ticket's content.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketIn {
+    /// 1 to 500 messages, with distinct ids.
+    #[schema(min_items = 1, max_items = 500)]
+    messages: Vec<MessageIn>,
+}
+
+/// One message from the customer; `body_text` and `body_html` must not both be blank.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageIn {
+    /// The caller's id for the message, unique within the ticket (Gorgias's message
+    /// `external_id`).
+    #[schema(min_length = 1, max_length = 255, example = "message123")]
+    id: String,
+    /// Plain-text body.
+    body_text: String,
+    /// HTML body.
+    body_html: String,
+    /// Hosted files; absent or null means none.
+    attachments: Option<Vec<AttachmentIn>>,
+}
+
+/// A file hosted elsewhere.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentIn {
+    /// Absolute http(s) URL: a host of letters, digits, dots and hyphens, an optional port.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?([/?#]\S*)?$",
+        example = "https://example.com/file1.png"
+    )]
+    url: String,
+    /// File name, 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, example = "file1.png")]
+    name: String,
+    /// Size in bytes.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64, example = 1024)]
+    #[serde(deserialize_with = "whole_number")]
+    size: u64,
+    /// Media type, `type/subtype`, optionally with parameters.
+    #[schema(
+        max_length = 255,
+        pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+/[!#$%&'*+.^_`|~0-9A-Za-z\-]+(;[\s\S]*)?$",
+        example = "image/png"
+    )]
+    content_type: String,
+}
+
+/// JSON Schema's `integer` includes `1024.0`: a whole float is a whole number.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| {
+                    f.fract() == 0.0 && *f >= 0.0 && *f <= limits::ATTACHMENT_SIZE_MAX as f64
+                })
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom("not a whole number"))
+}
+
+/// The DTO schemas as the components of a document, with the one rule across two fields that
+/// the derive cannot say (not both bodies blank). The OpenAPI document and the validator both
+/// start from here.
+pub fn component_schemas() -> serde_json::Map<String, Value> {
+    let mut named = Vec::new();
+    TicketRequest::schemas(&mut named);
+    let mut out = serde_json::Map::new();
+    out.insert(
+        TicketRequest::name().into_owned(),
+        serde_json::to_value(TicketRequest::schema()).unwrap_or_default(),
+    );
+    for (name, schema) in named {
+        out.insert(name, serde_json::to_value(schema).unwrap_or_default());
+    }
+    if let Some(message) = out.get_mut("MessageIn") {
+        message["anyOf"] = json!([
+            {"properties": {"body_text": {"pattern": "\\S"}}},
+            {"properties": {"body_html": {"pattern": "\\S"}}}
+        ]);
+    }
+    out
+}
+
+/// The compiled validator and what is needed to word its findings.
+struct Contract {
+    validator: jsonschema::Validator,
+    shapes: Shapes,
+}
+
+static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": "#/components/schemas/TicketRequest",
+        "components": {"schemas": component_schemas()},
+    });
+    let validator = jsonschema::draft202012::new(&schema).map_err(|e| e.to_string())?;
+    Ok(Contract {
+        validator,
+        shapes: Shapes::derive(),
+    })
+});
+
+/// At most this many problems are listed; a body with more says so in its last entry.
+pub const PROBLEMS_SHOWN: usize = 50;
+
+impl NewTicket {
+    /// Validates a `POST /ticket` body and converts it into a ticket.
+    ///
+    /// # Errors
+    /// Every problem found (at most [`PROBLEMS_SHOWN`], then a count), in document order; shape
+    /// problems (types, unknown or missing fields) are marked so the HTTP layer answers 400
+    /// rather than 422.
+    pub fn parse(body: &Value) -> Result<Self, ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+        let contract = match &*CONTRACT {
+            Ok(c) => c,
+            Err(e) => {
+                // The schema is ours and fixed: a unit test compiles it. Refuse rather than panic.
+                tracing::error!(error = %e, "the request schema does not compile");
+                errs.shape("$", "the request could not be validated");
+                return Err(errs);
+            }
+        };
+        let mut found: Vec<(Vec<usize>, super::FieldError)> = Vec::new();
+        let mut more = 0usize;
+        for e in contract.validator.iter_errors(body) {
+            for problem in contract
+                .shapes
+                .word(e.instance_path().as_str(), e.kind(), body)
+            {
+                if found.len() < PROBLEMS_SHOWN {
+                    found.push(problem);
+                } else {
+                    more += 1;
+                }
+            }
+            // Counting past a bound costs time for nothing a caller can use.
+            if more > 10 * PROBLEMS_SHOWN {
+                break;
+            }
+        }
+        for problem in distinct_message_ids(body, &contract.shapes) {
+            found.push(problem);
+        }
+        if found.is_empty() {
+            return TicketRequest::deserialize(body)
+                .map(NewTicket::from)
+                .map_err(|e| {
+                    // Unreachable after the schema accepted the body; kept so a slip answers
+                    // 400, not 500.
+                    errs.shape("$", format!("the body could not be read: {e}"));
+                    errs
+                });
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        errs.errors = found.into_iter().map(|(_, e)| e).collect();
+        if more > 0 {
+            errs.shape(
+                "$",
+                format!(
+                    "{more}{} more problems not listed",
+                    if more > 10 * PROBLEMS_SHOWN { "+" } else { "" }
+                ),
+            );
+        }
+        Err(errs)
+    }
+}
+
+/// Message ids must be distinct within a ticket (they become Gorgias's message `external_id`),
+/// a rule JSON Schema cannot state. Checked on the raw JSON so it is reported with the rest.
+fn distinct_message_ids(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, super::FieldError)> {
+    let Some(Value::Array(messages)) = body.pointer("/ticket/messages") else {
+        return Vec::new();
+    };
+    let mut seen: HashSet<&str> = HashSet::with_capacity(messages.len());
+    let mut out = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(Value::String(id)) = m.get("id")
+            && !id.is_empty()
+            && !seen.insert(id.as_str())
+        {
+            let pointer = format!("/ticket/messages/{i}/id");
+            out.push(shapes.problem(
+                &pointer,
+                super::Problem::Rule,
+                "must be unique within the ticket; an earlier message has the same id".into(),
+            ));
+        }
+    }
+    out
+}
+
+impl From<TicketRequest> for NewTicket {
+    /// Valid by construction: the schema has accepted the body this DTO came from.
+    fn from(r: TicketRequest) -> Self {
+        NewTicket {
+            phone: PhoneNumber::new(&r.customer.phone_number),
+            email: r.customer.email.map(Email::new),
+            messages: r
+                .ticket
+                .messages
+                .into_iter()
+                .map(|m| NewMessage {
+                    id: MessageId::new(m.id),
+                    body_text: m.body_text,
+                    body_html: m.body_html,
+                    attachments: m
+                        .attachments
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| Attachment {
+                            url: HttpUrl::new(a.url),
+                            name: a.name,
+                            size: a.size,
+                            content_type: ContentType::new(a.content_type),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the schema says of each object: its properties in declaration order (document order
+/// for errors), and which properties are lists. Read from the same derived schemas, so it
+/// cannot drift either.
+struct Shapes {
+    objects: HashMap<String, ObjectShape>,
+    root: String,
+}
+
+#[derive(Default)]
+struct ObjectShape {
+    /// Property → (position, what it holds).
+    properties: Vec<(String, Holds)>,
+}
+
+#[derive(Clone)]
+enum Holds {
+    /// A named object schema.
+    Object(String),
+    /// A list of named object schemas.
+    ListOf(String),
+    /// Anything else (a leaf).
+    Leaf,
+}
+
+impl Shapes {
+    fn derive() -> Self {
+        let mut named = Vec::new();
+        TicketRequest::schemas(&mut named);
+        let mut objects = HashMap::new();
+        let root = TicketRequest::name().into_owned();
+        objects.insert(root.clone(), ObjectShape::of(&TicketRequest::schema()));
+        for (name, schema) in &named {
+            objects.insert(name.clone(), ObjectShape::of(schema));
+        }
+        Self { objects, root }
+    }
+
+    /// Turns one validator finding into problems with caller-facing paths and words.
+    fn word(
+        &self,
+        pointer: &str,
+        kind: &ValidationErrorKind,
+        body: &Value,
+    ) -> Vec<(Vec<usize>, super::FieldError)> {
+        use super::Problem::{Rule, Shape};
+        let leaf = pointer.rsplit('/').next().unwrap_or_default();
+        let one = |problem, message: String| vec![self.problem(pointer, problem, message)];
+        match kind {
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or_default();
+                let child = format!("{pointer}/{}", escape(name));
+                vec![self.problem(&child, Shape, "is required".into())]
+            }
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let allowed = self.allowed(pointer);
+                unexpected
+                    .iter()
+                    .map(|name| {
+                        // The key is the caller's own text; cap it so an error body cannot be
+                        // inflated by it.
+                        let shown: String = name.chars().take(64).collect();
+                        let child = format!("{pointer}/{}", escape(&shown));
+                        self.problem(
+                            &child,
+                            Shape,
+                            format!("unknown field; expected one of: {allowed}"),
+                        )
+                    })
+                    .collect()
+            }
+            ValidationErrorKind::Type { kind } => {
+                let expected = match kind {
+                    TypeKind::Single(t) => t.to_string(),
+                    TypeKind::Multiple(set) => set
+                        .iter()
+                        .map(|t| t.to_string())
+                        .filter(|t| t != "null")
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                };
+                let instance = body.pointer(pointer).unwrap_or(&Value::Null);
+                // A fraction or a negative where a whole number belongs is a value problem.
+                if expected == "integer" && instance.is_number() {
+                    return one(Rule, size_rule());
+                }
+                one(
+                    Shape,
+                    format!(
+                        "must be {} {expected}, found {}",
+                        article(&expected),
+                        found(instance)
+                    ),
+                )
+            }
+            ValidationErrorKind::MinLength { limit: 1 } => one(Rule, "must not be empty".into()),
+            ValidationErrorKind::MinLength { limit } => {
+                one(Rule, format!("must be at least {limit} characters"))
+            }
+            ValidationErrorKind::MaxLength { limit } => {
+                one(Rule, format!("must be at most {limit} characters"))
+            }
+            ValidationErrorKind::MinItems { limit } => {
+                one(Rule, format!("must hold at least {limit} item(s)"))
+            }
+            ValidationErrorKind::MaxItems { limit } => {
+                one(Rule, format!("must hold at most {limit} items"))
+            }
+            ValidationErrorKind::Minimum { .. } | ValidationErrorKind::Maximum { .. } => {
+                one(Rule, size_rule())
+            }
+            ValidationErrorKind::Pattern { .. } => one(Rule, pattern_words(leaf).into()),
+            // The schema's only `anyOf` is the message rule "not both bodies blank".
+            ValidationErrorKind::AnyOf { .. } => vec![self.problem(
+                &format!("{pointer}/body_text"),
+                Rule,
+                "body_text and body_html must not both be blank".into(),
+            )],
+            _ => one(Rule, "is not acceptable".into()),
+        }
+    }
+
+    /// A problem at `pointer`, with its caller-facing path and its document-order sort key.
+    fn problem(
+        &self,
+        pointer: &str,
+        problem: super::Problem,
+        message: String,
+    ) -> (Vec<usize>, super::FieldError) {
+        let (field, key) = self.locate(pointer);
+        (
+            key,
+            super::FieldError {
+                field,
+                message,
+                problem,
+            },
+        )
+    }
+
+    /// `/ticket/messages/0/id` → (`ticket.messages[0].id`, sort key). Unknown properties sort
+    /// before the known ones of their object, as they are reported first.
+    fn locate(&self, pointer: &str) -> (String, Vec<usize>) {
+        let mut field = String::new();
+        let mut key = Vec::new();
+        let mut at = Holds::Object(self.root.clone());
+        for raw in pointer.split('/').skip(1) {
+            let segment = unescape(raw);
+            match at {
+                Holds::ListOf(name) => {
+                    let index: usize = segment.parse().unwrap_or(usize::MAX);
+                    field.push_str(&format!("[{segment}]"));
+                    key.push(index);
+                    at = Holds::Object(name);
+                }
+                Holds::Object(name) => {
+                    if !field.is_empty() {
+                        field.push('.');
+                    }
+                    field.push_str(&segment);
+                    let props = self.objects.get(&name).map(|o| &o.properties);
+                    match props.and_then(|p| p.iter().position(|(n, _)| *n == segment)) {
+                        Some(i) => {
+                            key.push(i + 1);
+                            at = props.map_or(Holds::Leaf, |p| p[i].1.clone());
+                        }
+                        None => {
+                            key.push(0);
+                            at = Holds::Leaf;
+                        }
+                    }
+                }
+                Holds::Leaf => {
+                    field.push_str(&format!(".{segment}"));
+                    key.push(0);
+                }
+            }
+        }
+        if field.is_empty() {
+            field.push('$');
+        }
+        (field, key)
+    }
+
+    /// The properties allowed at `pointer`, for the unknown-field message.
+    fn allowed(&self, pointer: &str) -> String {
+        let mut at = Holds::Object(self.root.clone());
+        for raw in pointer.split('/').skip(1) {
+            let segment = unescape(raw);
+            at = match at {
+                Holds::ListOf(name) => Holds::Object(name),
+                Holds::Object(name) => self
+                    .objects
+                    .get(&name)
+                    .and_then(|o| o.properties.iter().find(|(n, _)| *n == segment))
+                    .map_or(Holds::Leaf, |(_, h)| h.clone()),
+                Holds::Leaf => Holds::Leaf,
+            };
+        }
+        match at {
+            Holds::Object(name) => self
+                .objects
+                .get(&name)
+                .map(|o| {
+                    o.properties
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+}
+
+impl ObjectShape {
+    fn of(schema: &RefOr<Schema>) -> Self {
+        let RefOr::T(Schema::Object(object)) = schema else {
+            return Self::default();
+        };
+        let properties = object
+            .properties
+            .iter()
+            .map(|(name, s)| (name.clone(), holds(s)))
+            .collect();
+        Self { properties }
+    }
+}
+
+fn holds(schema: &RefOr<Schema>) -> Holds {
+    match schema {
+        RefOr::Ref(r) => Holds::Object(ref_name(&r.ref_location)),
+        RefOr::T(Schema::Array(a)) => match &a.items {
+            ArrayItems::RefOrSchema(item) => match item.as_ref() {
+                RefOr::Ref(r) => Holds::ListOf(ref_name(&r.ref_location)),
+                _ => Holds::Leaf,
+            },
+            ArrayItems::False => Holds::Leaf,
+        },
+        // `Option<Vec<T>>` derives as a one-of of the array and null.
+        RefOr::T(Schema::OneOf(one)) => one
+            .items
+            .iter()
+            .map(holds)
+            .find(|h| !matches!(h, Holds::Leaf))
+            .unwrap_or(Holds::Leaf),
+        _ => Holds::Leaf,
+    }
+}
+
+fn ref_name(location: &str) -> String {
+    location.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+fn escape(s: &str) -> Cow<'_, str> {
+    if s.contains(['~', '/']) {
+        Cow::Owned(s.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("~1", "/").replace("~0", "~")
+}
+
+fn size_rule() -> String {
+    format!(
+        "must be a whole number of bytes from 0 to {}",
+        limits::ATTACHMENT_SIZE_MAX
+    )
+}
+
+/// Words for the pattern each field must match (the pattern itself is in the DTO).
+fn pattern_words(field: &str) -> &'static str {
+    match field {
+        "phone_number" => "may hold only digits, spaces and + - ( ) ., with at least 5 digits",
+        "email" => "must be an email address such as name@example.com",
+        "url" => "must be an absolute http or https URL",
+        "content_type" => "must be a media type of the form type/subtype",
+        _ => "is not in the expected form",
+    }
+}
+
+fn found(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Problem;
+
+    fn example() -> Value {
+        serde_json::from_str(include_str!(
+            "../../tests/fixtures/ticket-request.example.json"
+        ))
+        .unwrap()
+    }
+
+    /// The example with `value` at `pointer`: `Ok` or the fields at fault.
+    fn with(pointer: &str, value: Value) -> Result<NewTicket, Vec<String>> {
+        let mut body = example();
+        *body.pointer_mut(pointer).unwrap() = value;
+        NewTicket::parse(&body).map_err(|e| e.errors.into_iter().map(|e| e.field).collect())
+    }
+
+    #[test]
+    fn the_schema_compiles() {
+        assert!(CONTRACT.is_ok(), "{:?}", CONTRACT.as_ref().err());
+    }
+
+    #[test]
+    fn the_example_body_parses() {
+        let t = NewTicket::parse(&example()).unwrap();
+        assert_eq!(t.phone.as_str(), "0719908543");
+        assert_eq!(t.email.unwrap().as_str(), "nango@example.com");
+        assert_eq!(t.messages.len(), 2);
+        assert_eq!(t.messages[0].attachments.len(), 2);
+        assert_eq!(t.messages[0].attachments[1].size, 2048);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_in_document_order() {
+        let body = json!({
+            "customer": {"phone_number": "12", "email": "nope", "x": 1},
+            "ticket": {"messages": [
+                {"id": "", "body_text": " ", "body_html": "", "attachments": [
+                    {"url": "ftp://x", "name": "", "size": -1, "content_type": "png"}]},
+            ]}
+        });
+        let e = NewTicket::parse(&body).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "customer.x",
+                "customer.phone_number",
+                "customer.email",
+                "ticket.messages[0].id",
+                "ticket.messages[0].body_text",
+                "ticket.messages[0].attachments[0].url",
+                "ticket.messages[0].attachments[0].name",
+                "ticket.messages[0].attachments[0].size",
+                "ticket.messages[0].attachments[0].content_type",
+            ]
+        );
+        assert!(e.is_shape(), "the unknown field makes it a shape problem");
+        assert_eq!(e.errors[0].problem, Problem::Shape);
+        assert!(e.errors[1..].iter().all(|e| e.problem == Problem::Rule));
+    }
+
+    #[test]
+    fn a_non_object_body_is_a_shape_problem_at_the_root() {
+        let e = NewTicket::parse(&json!([1, 2])).unwrap_err();
+        assert_eq!(e.errors[0].field, "$");
+        assert!(e.is_shape());
+    }
+
+    #[test]
+    fn phone_numbers_keep_their_form_less_padding_and_normalise() {
+        let t = with("/customer/phone_number", json!("  +33 (6) 12-34.56 78 ")).unwrap();
+        assert_eq!(t.phone.as_str(), "+33 (6) 12-34.56 78");
+        assert_eq!(t.phone.normalized(), "+33612345678");
+        let field = || vec!["customer.phone_number".to_owned()];
+        assert_eq!(
+            with("/customer/phone_number", json!("\t0612345678")).err(),
+            Some(field()),
+            "only spaces pad a number"
+        );
+    }
+
+    #[test]
+    fn phone_numbers_need_five_digits_and_a_clean_alphabet() {
+        let bad = |v: &str| with("/customer/phone_number", json!(v)).is_err();
+        assert!(bad("1234"));
+        assert!(!bad("12345"));
+        assert!(bad("12345x"));
+        assert!(bad("   "));
+        assert!(bad(&"1".repeat(33)));
+        assert!(!bad(&"1".repeat(32)));
+    }
+
+    #[test]
+    fn emails_must_be_plausible() {
+        let ok = |v: &str| with("/customer/email", json!(v)).is_ok();
+        for good in ["a@b.co", "first.last+tag@sub.example.com"] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in [
+            "", "a", "@b.co", "a@b", "a@@b.co", "a@b@c.co", "a@.b.co", "a@b.co.", "a b@c.co",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+        assert!(!ok(&format!("{}@example.com", "a".repeat(320))));
+        assert!(
+            with("/customer/email", Value::Null)
+                .unwrap()
+                .email
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http() {
+        let ok = |v: &str| with("/ticket/messages/0/attachments/0/url", json!(v)).is_ok();
+        assert!(ok("https://example.com/f.png"));
+        assert!(ok("http://127.0.0.1:8080/x"));
+        assert!(ok("HTTPS://example.com?q=1#f"));
+        for bad in [
+            "ftp://example.com/x",
+            "/relative",
+            "example.com/x",
+            "https://",
+            "",
+            "http://exa mple.com",
+            "http://host:/x",
+            "http://host:123456",
+            "http://host/a b",
+            "http://[::1]/",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_types_are_type_slash_subtype() {
+        let ok = |v: &str| with("/ticket/messages/0/attachments/0/content_type", json!(v)).is_ok();
+        for good in [
+            "image/png",
+            "application/vnd.ms-excel",
+            "text/plain; charset=utf-8",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in ["image", "image/", "/png", "image/png/x", "ima ge/png", ""] {
+            assert!(!ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_whole_float_size_is_a_whole_number() {
+        let t = with("/ticket/messages/0/attachments/0/size", json!(1024.0)).unwrap();
+        assert_eq!(t.messages[0].attachments[0].size, 1024);
+        let max = limits::ATTACHMENT_SIZE_MAX;
+        assert!(with("/ticket/messages/0/attachments/0/size", json!(max)).is_ok());
+        assert!(with("/ticket/messages/0/attachments/0/size", json!(max + 1)).is_err());
+    }
+
+    #[test]
+    fn repeated_message_ids_are_refused_with_the_other_problems() {
+        let mut body = example();
+        body["ticket"]["messages"][1]["id"] = body["ticket"]["messages"][0]["id"].clone();
+        body["customer"]["email"] = json!("x");
+        let e = NewTicket::parse(&body).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["customer.email", "ticket.messages[1].id"]);
+    }
+
+    #[test]
+    fn a_flood_of_problems_is_listed_up_to_the_bound_then_counted() {
+        let mut body = example();
+        body["ticket"]["messages"][0]["attachments"] = json!(vec![json!({}); 1000]);
+        let e = NewTicket::parse(&body).unwrap_err();
+        assert_eq!(e.errors.len(), PROBLEMS_SHOWN + 1);
+        let last = e.errors.last().unwrap();
+        assert_eq!(last.field, "$");
+        assert!(
+            last.message.contains("more problems not listed"),
+            "{}",
+            last.message
+        );
+    }
+}
