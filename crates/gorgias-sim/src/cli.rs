@@ -50,6 +50,9 @@ pub struct Args {
     /// Channels of the ticket-assignment setting, comma-separated.
     #[arg(long)]
     pub assignment_channels: Option<String>,
+    /// Milliseconds before a customer created through the API appears in search results.
+    #[arg(long, default_value_t = 0)]
+    pub search_lag_ms: u64,
 }
 
 impl Args {
@@ -93,6 +96,7 @@ impl Args {
                     }
                 },
             },
+            search_lag: std::time::Duration::from_millis(a.search_lag_ms),
             ..SimConfig::default()
         };
         if let Some(list) = a.assignment_channels {

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::state::{normalize, now_iso};
+use super::state::{CustomerRec, NewCustomer, normalize, now_iso};
 use super::{CommitFailure, Credentials, Faults, Shared};
 
 type Sim = State<Arc<Shared>>;
@@ -168,6 +168,15 @@ fn list_envelope(data: Vec<Value>, uri: String, next_cursor: Option<String>) -> 
            "meta": {"prev_cursor": null, "next_cursor": next_cursor}})
 }
 
+/// A list's `uri`: the path with the query as the caller sent it (recorded:
+/// `/api/customers?email=nango%40example.com`, `/api/customers?limit=100`).
+fn list_uri(path: &str, raw_query: Option<&str>) -> String {
+    match raw_query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    }
+}
+
 // Handlers return the refusal as-is; boxing it would only move the allocation.
 #[allow(clippy::result_large_err)]
 fn parse_limit(q: &HashMap<String, String>) -> Result<usize, Response> {
@@ -184,40 +193,51 @@ fn parse_limit(q: &HashMap<String, String>) -> Result<usize, Response> {
     }
 }
 
-async fn list_customers(State(sim): Sim, Query(q): Query<HashMap<String, String>>) -> Response {
+/// `GET /api/customers`, newest first, with the `email` (the customer's primary address,
+/// case-insensitively: whether Gorgias ignores case is unknown) and `external_id` filters.
+async fn list_customers(
+    State(sim): Sim,
+    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let limit = match parse_limit(&q) {
         Ok(l) => l,
         Err(r) => return r,
     };
     let data = sim.data();
-    if let Some(email) = q.get("email") {
-        let hit = data
-            .by_email
-            .get(&email.to_lowercase())
-            .and_then(|id| data.customers.get(id))
-            .map(super::state::CustomerRec::list_item);
-        let uri = format!("/api/customers?email={}", urlencode(email));
-        return Json(list_envelope(hit.into_iter().collect(), uri, None)).into_response();
-    }
-    // Cursor paging by id, newest first (Gorgias's default order is created_datetime:desc).
+    let email = q.get("email").map(|e| e.to_lowercase());
+    let external_id = q.get("external_id");
+    // Cursor paging by id (Gorgias's default order is created_datetime:desc).
     let after: Option<u64> = q.get("cursor").and_then(|c| c.parse().ok());
-    let mut ids: Vec<u64> = data
-        .customers
-        .keys()
-        .copied()
-        .filter(|id| after.is_none_or(|a| *id < a))
-        .collect();
+    let mut ids: Vec<u64> = match (&email, external_id) {
+        (Some(e), _) => data.by_email.get(e).copied().into_iter().collect(),
+        (None, Some(x)) => data
+            .customers_by_external_id
+            .get(x)
+            .cloned()
+            .unwrap_or_default(),
+        (None, None) => data.customers.keys().copied().collect(),
+    };
+    ids.retain(|id| {
+        data.customers.get(id).is_some_and(|c| {
+            email
+                .as_ref()
+                .is_none_or(|e| c.email.as_ref().is_some_and(|ce| ce.to_lowercase() == *e))
+                && external_id.is_none_or(|x| c.external_id.as_ref() == Some(x))
+                && after.is_none_or(|a| *id < a)
+        })
+    });
     ids.sort_unstable_by(|a, b| b.cmp(a));
     let page: Vec<Value> = ids
         .iter()
         .take(limit)
         .filter_map(|id| data.customers.get(id))
-        .map(super::state::CustomerRec::list_item)
+        .map(CustomerRec::list_item)
         .collect();
     let next = (ids.len() > limit).then(|| ids[limit - 1].to_string());
     Json(list_envelope(
         page,
-        format!("/api/customers?limit={limit}"),
+        list_uri("/api/customers", raw.as_deref()),
         next,
     ))
     .into_response()
@@ -248,6 +268,22 @@ fn read_json(body: &Bytes) -> Result<Map<String, Value>, Response> {
 }
 
 const MISSING: &str = "Missing data for required field.";
+
+/// An optional string field: `Ok(None)` when absent or null; otherwise an error is recorded.
+fn optional_string(
+    m: &Map<String, Value>,
+    key: &str,
+    errors: &mut Map<String, Value>,
+) -> Option<String> {
+    match m.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.insert(key.into(), json!(["Not a valid string."]));
+            None
+        }
+    }
+}
 
 async fn create_customer(State(sim): Sim, body: Bytes) -> Response {
     let m = match read_json(&body) {
@@ -290,6 +326,8 @@ async fn create_customer(State(sim): Sim, body: Bytes) -> Response {
             None
         }
     };
+    let name = optional_string(&m, "name", &mut errors);
+    let external_id = optional_string(&m, "external_id", &mut errors);
     if !errors.is_empty() {
         return gorgias_error(
             StatusCode::BAD_REQUEST,
@@ -297,6 +335,7 @@ async fn create_customer(State(sim): Sim, body: Bytes) -> Response {
             Some(Value::Object(errors)),
         );
     }
+    let searchable_at = Instant::now() + sim.control().search_lag;
     let mut data = sim.data();
     let taken = email
         .iter()
@@ -310,9 +349,17 @@ async fn create_customer(State(sim): Sim, body: Bytes) -> Response {
     if taken {
         return gorgias_error(StatusCode::CONFLICT, "The resource already exists.", None);
     }
-    let id = data.insert_customer(email, channels);
+    let id = data.insert_customer(
+        NewCustomer {
+            email,
+            name,
+            external_id,
+            channels,
+        },
+        searchable_at,
+    );
     data.stats.customers_created += 1;
-    let full = data.customers.get(&id).map(super::state::CustomerRec::full);
+    let full = data.customers.get(&id).map(CustomerRec::full);
     (StatusCode::CREATED, Json(full)).into_response()
 }
 
@@ -353,7 +400,9 @@ async fn search(State(sim): Sim, body: Bytes) -> Response {
     }
     let size = size.unwrap_or(10) as usize;
     let data = sim.data();
+    let now = Instant::now();
     let hits: Vec<Value> = match kind {
+        // Item shape unrecorded for these types: channel records, as the client reads them.
         "customer_channel_phone" | "customers_by_phone" => {
             let q = normalize(query);
             if q.is_empty() || q == "+" {
@@ -364,7 +413,7 @@ async fn search(State(sim): Sim, body: Bytes) -> Response {
                     .take_while(|(k, _)| k.starts_with(&q))
                     .flat_map(|(_, owners)| owners.iter())
                     .filter_map(|(cid, idx)| {
-                        let c = data.customers.get(cid)?;
+                        let c = data.customers.get(cid).filter(|c| c.searchable(now))?;
                         Some(c.channel(c.channels.get(*idx)?))
                     })
                     .take(size)
@@ -373,19 +422,59 @@ async fn search(State(sim): Sim, body: Bytes) -> Response {
         }
         "customer_channel_email" => {
             let q = query.to_lowercase();
-            data.customers
+            let mut found: Vec<(&CustomerRec, usize)> = data
+                .customers
                 .values()
-                .flat_map(|c| c.channels.iter().map(move |ch| (c, ch)))
-                .filter(|(_, ch)| ch.kind == "email" && ch.address.to_lowercase().starts_with(&q))
+                .filter(|c| c.searchable(now))
+                .flat_map(|c| (0..c.channels.len()).map(move |i| (c, i)))
+                .filter(|(c, i)| {
+                    let ch = &c.channels[*i];
+                    ch.kind == "email" && ch.address.to_lowercase().starts_with(&q)
+                })
+                .collect();
+            found.sort_unstable_by_key(|(c, i)| (c.id, *i));
+            found
+                .into_iter()
                 .take(size)
-                .map(|(c, ch)| c.channel(ch))
+                .map(|(c, i)| c.channel(&c.channels[i]))
                 .collect()
+        }
+        // Recorded item shape `{id, name, email}`. What it matches is unknown: here a
+        // case-insensitive substring of the name, the email or any channel address.
+        "customer" => {
+            let q = query.trim().to_lowercase();
+            if q.is_empty() {
+                Vec::new()
+            } else {
+                let contains =
+                    |s: Option<&String>| s.is_some_and(|s| s.to_lowercase().contains(&q));
+                let mut found: Vec<&CustomerRec> = data
+                    .customers
+                    .values()
+                    .filter(|c| c.searchable(now))
+                    .filter(|c| {
+                        contains(c.name.as_ref())
+                            || contains(c.email.as_ref())
+                            || c.channels.iter().any(|ch| contains(Some(&ch.address)))
+                    })
+                    .collect();
+                found.sort_unstable_by_key(|c| c.id);
+                found
+                    .into_iter()
+                    .take(size)
+                    .map(CustomerRec::search_item)
+                    .collect()
+            }
         }
         _ => Vec::new(),
     };
+    // Recorded envelope: empty `uri`, empty `meta`, and the engine named in a header. 201 as
+    // the spec-derived docs say for search (the recording went through a proxy that answers
+    // 200 for everything).
     (
         StatusCode::CREATED,
-        Json(json!({"data": hits, "object": "list", "uri": "/api/search"})),
+        [("x-gorgias-search-engine", "ES")],
+        Json(json!({"data": hits, "object": "list", "uri": "", "meta": {}})),
     )
         .into_response()
 }
@@ -425,11 +514,39 @@ const VIA: &[&str] = &[
     "zendesk",
 ];
 
-/// Gorgias's ticket validation, as far as it is documented: 1..=500 messages, each with
-/// `channel`, `via` (from the enum) and `from_agent`; an incoming message names its sender by
-/// id or email; `external_id`s at most 255.
+/// Gorgias's ticket validation, as far as it is known: 1..=500 messages, each with `channel`
+/// and `from_agent`; `via` optional (the live API accepted messages without it, §11) but from
+/// the enum when sent; an email-channel message needs `source.from`; an incoming message names
+/// its sender by id or email; `external_id`s at most 255; tags name themselves.
 fn validate_ticket(m: &Map<String, Value>) -> Map<String, Value> {
     let mut errors = Map::new();
+    for key in ["subject", "priority", "status"] {
+        if m.get(key).is_some_and(|v| !v.is_string() && !v.is_null()) {
+            errors.insert(key.into(), json!(["Not a valid string."]));
+        }
+    }
+    if m.get("meta")
+        .is_some_and(|v| !v.is_object() && !v.is_null())
+    {
+        errors.insert("meta".into(), json!(["Not a valid mapping type."]));
+    }
+    match m.get("tags") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tags)) => {
+            let mut per_tag = Map::new();
+            for (i, t) in tags.iter().enumerate() {
+                if !t.get("name").is_some_and(Value::is_string) {
+                    per_tag.insert(i.to_string(), json!({"name": [MISSING]}));
+                }
+            }
+            if !per_tag.is_empty() {
+                errors.insert("tags".into(), Value::Object(per_tag));
+            }
+        }
+        Some(_) => {
+            errors.insert("tags".into(), json!(["Not a valid list."]));
+        }
+    }
     if let Some(ext) = m.get("external_id").and_then(Value::as_str)
         && ext.chars().count() > 255
     {
@@ -461,15 +578,14 @@ fn validate_ticket(m: &Map<String, Value>) -> Map<String, Value> {
     let mut per_message = Map::new();
     for (i, msg) in list.iter().enumerate() {
         let mut e = Map::new();
-        for field in ["channel", "via", "from_agent"] {
+        for field in ["channel", "from_agent"] {
             if msg.get(field).is_none_or(Value::is_null) {
                 e.insert(field.into(), json!([MISSING]));
             }
         }
         if msg
             .get("via")
-            .and_then(Value::as_str)
-            .is_some_and(|v| !VIA.contains(&v))
+            .is_some_and(|v| !v.is_null() && !v.as_str().is_some_and(|v| VIA.contains(&v)))
         {
             e.insert("via".into(), json!(["Must be one of the allowed values."]));
         }
@@ -536,14 +652,18 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
             Some(Value::Object(errors)),
         );
     }
-    let (commit_rate, commit_mode) = {
+    let (commit_rate, commit_mode, search_lag) = {
         let c = sim.control();
-        (c.faults.fail_after_commit_rate, c.faults.fail_after_commit)
+        (
+            c.faults.fail_after_commit_rate,
+            c.faults.fail_after_commit,
+            c.search_lag,
+        )
     };
     let ticket = {
         let mut data = sim.data();
         // The customer: by id (must exist) or by email (found or created, as Gorgias matches
-        // tickets to customer profiles by email).
+        // tickets to customer profiles by email; whether it creates one is not confirmed).
         let customer_ref = m.get("customer").cloned().unwrap_or(Value::Null);
         let customer_id = match (
             customer_ref.get("id").and_then(Value::as_u64),
@@ -560,8 +680,16 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
             (None, Some(email)) => Some(match data.by_email.get(&email.to_lowercase()) {
                 Some(id) => *id,
                 None => data.insert_customer(
-                    Some(email.to_owned()),
-                    vec![("email".into(), email.to_owned())],
+                    NewCustomer {
+                        email: Some(email.to_owned()),
+                        name: customer_ref
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        external_id: None,
+                        channels: vec![("email".into(), email.to_owned())],
+                    },
+                    Instant::now() + search_lag,
                 ),
             }),
             (None, None) => None,
@@ -569,19 +697,13 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
         let ticket_id = data.next_ticket_id();
         let now = now_iso();
         let customer = customer_id.and_then(|id| data.customers.get(&id).cloned());
-        let person = customer.as_ref().map_or(Value::Null, |c| c.person());
-        let customer_full = customer.as_ref().map_or(Value::Null, |c| {
-            let mut p = c.person();
-            p["channels"] = c.channels.iter().map(|ch| c.channel(ch)).collect();
-            p["data"] = Value::Null;
-            p["customer"] = Value::Null;
-            p["integrations"] = json!({});
-            p["external_id"] = Value::Null;
-            p["note"] = Value::Null;
-            p
-        });
+        let person = customer.as_ref().map_or(Value::Null, CustomerRec::person);
+        let customer_full = customer
+            .as_ref()
+            .map_or(Value::Null, CustomerRec::on_ticket);
         let channel = m.get("channel").cloned().unwrap_or(json!("api"));
         let mut messages = Vec::new();
+        let mut any_incoming = false;
         for msg in m
             .get("messages")
             .and_then(Value::as_array)
@@ -589,6 +711,7 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
             .flatten()
         {
             let mid = data.next_message_id();
+            // Sent as [] or not at all, the recording answers null.
             let attachments = match msg.get("attachments").and_then(Value::as_array) {
                 Some(list) if !list.is_empty() => Value::Array(
                     list.iter()
@@ -601,21 +724,46 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
                 _ => Value::Null,
             };
             let msg_channel = msg.get("channel").cloned().unwrap_or(channel.clone());
-            let sender = match msg
-                .get("sender")
-                .and_then(|s| s.get("id"))
-                .and_then(Value::as_u64)
-            {
-                Some(id) => data.customers.get(&id).map_or(Value::Null, |c| c.person()),
-                None => person.clone(),
+            // Gorgias fills `source: {type: <channel>}` when none is sent (recorded); a sent
+            // source (an email's from/to) is kept, its `type` filled in when missing.
+            let source = match msg.get("source") {
+                Some(Value::Object(src)) => {
+                    let mut src = src.clone();
+                    src.entry("type").or_insert_with(|| msg_channel.clone());
+                    Value::Object(src)
+                }
+                _ => json!({"type": msg_channel}),
             };
+            let via = match msg.get("via") {
+                Some(v) if !v.is_null() => v.clone(),
+                _ => json!("api"),
+            };
+            let sender_ref = msg.get("sender");
+            let sender =
+                if let Some(id) = sender_ref.and_then(|s| s.get("id")).and_then(Value::as_u64) {
+                    data.customers
+                        .get(&id)
+                        .map_or(Value::Null, CustomerRec::person)
+                } else if let Some(found) = sender_ref
+                    .and_then(|s| s.get("email"))
+                    .and_then(Value::as_str)
+                    .and_then(|e| data.by_email.get(&e.to_lowercase()))
+                    .and_then(|id| data.customers.get(id))
+                {
+                    found.person()
+                } else {
+                    person.clone()
+                };
+            if msg.get("from_agent") == Some(&Value::Bool(false)) {
+                any_incoming = true;
+            }
             messages.push(json!({
                 "id": mid,
                 "uri": format!("/api/tickets/{ticket_id}/messages/{mid}/"),
                 "message_id": null, "ticket_id": ticket_id,
                 "external_id": msg.get("external_id"),
-                "public": true, "channel": msg_channel, "via": msg.get("via"),
-                "source": {"type": msg_channel},
+                "public": true, "channel": msg_channel, "via": via,
+                "source": source,
                 "sender": sender,
                 "integration_id": null, "intents": [], "rule_id": null,
                 "from_agent": msg.get("from_agent"), "receiver": null,
@@ -624,32 +772,52 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
                 "stripped_text": null, "stripped_html": null, "stripped_signature": null,
                 "attachments": attachments, "macros": [], "actions": null, "meta": null,
                 "created_datetime": now, "sent_datetime": now, "failed_datetime": null,
-                "opened_datetime": null, "last_sending_error": null, "is_retriable": true
+                "opened_datetime": null, "last_sending_error": null, "is_retriable": true,
+                "imported": false, "processed_datetime": now, "auth_customer_identity": null
             }));
         }
-        let ticket = json!({
+        let mut tags = Vec::new();
+        for t in m
+            .get("tags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = t.get("name").and_then(Value::as_str) {
+                tags.push(data.tag(name));
+            }
+        }
+        let mut ticket = json!({
             "id": ticket_id,
             "uri": format!("/api/tickets/{ticket_id}/"),
             "external_id": m.get("external_id"),
             "events": [], "status": m.get("status").cloned().unwrap_or(json!("open")),
-            "priority": m.get("priority").cloned().unwrap_or(json!("normal")),
+            "priority": m.get("priority").filter(|p| !p.is_null()).cloned()
+                .unwrap_or(json!("normal")),
             "channel": channel, "via": m.get("via").cloned().unwrap_or(json!("api")),
             "from_agent": m.get("from_agent").cloned().unwrap_or(json!(false)),
             "spam": false,
             "customer": customer_full.clone(),
             "assignee_user": null, "assignee_user_id": null,
             "assignee_team": null, "assignee_team_id": null,
-            "language": null, "subject": m.get("subject"), "meta": null, "tags": [],
+            "language": null, "subject": m.get("subject"), "summary": null,
+            "meta": m.get("meta"), "tags": tags,
             "messages": messages,
-            "created_datetime": now, "opened_datetime": now,
-            "last_received_message_datetime": now, "last_message_datetime": now,
+            // Not set to now: the 2026 recording answers null (the 2025 one had a time).
+            "created_datetime": now, "opened_datetime": null,
+            "last_received_message_datetime": if any_incoming { json!(now) } else { Value::Null },
+            "last_message_datetime": now,
             "updated_datetime": now, "closed_datetime": null, "trashed_datetime": null,
             "snooze_datetime": null, "satisfaction_survey": null,
-            "reply_options": {"email": {"answerable": true}, "internal-note": {"answerable": true},
-                              "phone": {"answerable": true}},
+            // Recorded in 2026: only these two keys, even for a phone ticket.
+            "reply_options": {"email": {"answerable": true}, "internal-note": {"answerable": true}},
             "requester": customer_full,
-            "is_unread": true
+            "is_unread": true, "imported": false, "processed_datetime": now
         });
+        // Not in the recorded answer (none was sent); returned as sent when sent.
+        if let (Some(cf), Some(obj)) = (m.get("custom_fields"), ticket.as_object_mut()) {
+            obj.insert("custom_fields".into(), cf.clone());
+        }
         data.store_ticket(ticket_id, ticket.clone());
         ticket
     };
@@ -679,7 +847,42 @@ fn dropped_connection() -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn list_tickets(State(sim): Sim, Query(q): Query<HashMap<String, String>>) -> Response {
+/// A `GET /api/tickets` item: abridged as live (§11): no `messages`, but `messages_count`,
+/// `excerpt`, `summary`, `integrations`, `custom_fields`, `last_sent_message_not_delivered`.
+/// Whether live items also drop other keys of the full ticket (`requester`, `reply_options`,
+/// the customer's channels...) is unrecorded: they are kept here.
+fn abridged(ticket: &Value) -> Value {
+    let mut item = ticket.clone();
+    let Some(obj) = item.as_object_mut() else {
+        return item;
+    };
+    let messages = obj.remove("messages");
+    let list = messages.as_ref().and_then(Value::as_array);
+    // "~100 characters" of the first message; Gorgias's exact cut (and whether it strips or
+    // falls back to HTML) is unknown.
+    let excerpt: String = list
+        .and_then(|l| l.first())
+        .and_then(|m| m.get("body_text"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .chars()
+        .take(100)
+        .collect();
+    obj.insert("messages_count".into(), json!(list.map_or(0, Vec::len)));
+    obj.insert("excerpt".into(), json!(excerpt));
+    obj.entry("summary").or_insert(Value::Null);
+    obj.insert("integrations".into(), json!([]));
+    // Unrecorded value when none was sent; `{}` as customer list items carry.
+    obj.entry("custom_fields").or_insert_with(|| json!({}));
+    obj.insert("last_sent_message_not_delivered".into(), json!(false));
+    item
+}
+
+async fn list_tickets(
+    State(sim): Sim,
+    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let limit = match parse_limit(&q) {
         Ok(l) => l,
         Err(r) => return r,
@@ -694,9 +897,14 @@ async fn list_tickets(State(sim): Sim, Query(q): Query<HashMap<String, String>>)
         .iter()
         .rev()
         .take(limit)
-        .filter_map(|id| data.tickets.get(id).cloned())
+        .filter_map(|id| data.tickets.get(id))
+        .map(abridged)
         .collect();
-    Json(list_envelope(page, "/api/tickets".into(), None)).into_response()
+    let mut body = list_envelope(page, list_uri("/api/tickets", raw.as_deref()), None);
+    if let Some(meta) = body.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.insert("total_resources".into(), Value::Null);
+    }
+    Json(body).into_response()
 }
 
 async fn get_ticket(State(sim): Sim, Path(id): Path<String>) -> Response {
@@ -753,8 +961,4 @@ async fn all_tickets(State(sim): Sim) -> Json<Value> {
         .map(|t| json!({"id": t.get("id"), "external_id": t.get("external_id")}))
         .collect();
     Json(json!({"data": list}))
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

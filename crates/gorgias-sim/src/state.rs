@@ -12,8 +12,38 @@ use serde_json::{Value, json};
 pub(crate) struct CustomerRec {
     pub id: u64,
     pub email: Option<String>,
+    /// As sent; `firstname`/`lastname` are derived from it (see [`split_name`]).
+    pub name: Option<String>,
+    pub external_id: Option<String>,
     pub channels: Vec<ChannelRec>,
     pub created: String,
+    /// When the search index has it: search is backed by an index (Elasticsearch,
+    /// `x-gorgias-search-engine: ES`), so a customer created through the API is missing from
+    /// `POST /api/search` for a while (gorgias-api.md §11). How long live is unknown.
+    pub searchable_at: Instant,
+}
+
+/// What a new customer is made of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewCustomer {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub external_id: Option<String>,
+    /// `(type, address)`, in the order sent.
+    pub channels: Vec<(String, String)>,
+}
+
+/// `firstname` and `lastname` from a name, split on the last space as the live API does
+/// ("Nango TestUser" → "Nango" / "TestUser", gorgias-api.md §11); one word is all firstname.
+/// How Gorgias treats other whitespace (tabs, runs of spaces) is unknown: only ' ' splits here.
+pub(crate) fn split_name(name: Option<&str>) -> (String, String) {
+    match name {
+        None => (String::new(), String::new()),
+        Some(n) => match n.rsplit_once(' ') {
+            Some((first, last)) => (first.to_owned(), last.to_owned()),
+            None => (n.to_owned(), String::new()),
+        },
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +112,10 @@ impl Bucket {
 pub(crate) struct Data {
     pub customers: HashMap<u64, CustomerRec>,
     pub by_email: HashMap<String, u64>,
+    /// Customer `external_id` → customer ids (uniqueness is not known to be enforced).
+    pub customers_by_external_id: HashMap<String, Vec<u64>>,
+    /// Tag name → (id, created): tags are account-wide, so a name keeps its id.
+    pub tags: HashMap<String, (u64, String)>,
     /// Normalised phone → (customer id, channel index), ordered for prefix search.
     pub phones: BTreeMap<String, Vec<(u64, usize)>>,
     pub tickets: HashMap<u64, Value>,
@@ -91,6 +125,7 @@ pub(crate) struct Data {
     next_channel: u64,
     next_ticket: u64,
     next_message: u64,
+    next_tag: u64,
     pub stats: Stats,
 }
 
@@ -101,21 +136,18 @@ impl Data {
             next_channel: 613_364_760,
             next_ticket: 173_596_132,
             next_message: 441_571_080,
+            next_tag: 1_000_001,
             ..Self::default()
         }
     }
 
-    /// Adds a customer with the given channels (email channel first when there is one).
-    pub(crate) fn insert_customer(
-        &mut self,
-        email: Option<String>,
-        channels: Vec<(String, String)>,
-    ) -> u64 {
+    /// Adds a customer with the given channels, searchable from `searchable_at`.
+    pub(crate) fn insert_customer(&mut self, new: NewCustomer, searchable_at: Instant) -> u64 {
         let id = self.next_customer;
         self.next_customer += 1;
         let created = now_iso();
-        let mut recs = Vec::with_capacity(channels.len());
-        for (i, (kind, address)) in channels.into_iter().enumerate() {
+        let mut recs = Vec::with_capacity(new.channels.len());
+        for (i, (kind, address)) in new.channels.into_iter().enumerate() {
             let cid = self.next_channel;
             self.next_channel += 1;
             if kind == "phone" {
@@ -134,19 +166,43 @@ impl Data {
                 created: created.clone(),
             });
         }
-        if let Some(e) = &email {
+        if let Some(e) = &new.email {
             self.by_email.entry(e.to_lowercase()).or_insert(id);
+        }
+        if let Some(x) = &new.external_id {
+            self.customers_by_external_id
+                .entry(x.clone())
+                .or_default()
+                .push(id);
         }
         self.customers.insert(
             id,
             CustomerRec {
                 id,
-                email,
+                email: new.email,
+                name: new.name,
+                external_id: new.external_id,
                 channels: recs,
                 created,
+                searchable_at,
             },
         );
         id
+    }
+
+    /// The tag object for `name`, made on first use.
+    pub(crate) fn tag(&mut self, name: &str) -> Value {
+        let (id, created) = match self.tags.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                let t = (self.next_tag, now_iso());
+                self.next_tag += 1;
+                self.tags.insert(name.to_owned(), t.clone());
+                t
+            }
+        };
+        json!({"id": id, "name": name, "uri": format!("/api/tags/{id}/"), "decoration": null,
+               "created_datetime": created})
     }
 
     /// Preloads `n` customers: `customer{i}@example.com`, phone `+1555` and `i` on 7 digits.
@@ -155,8 +211,12 @@ impl Data {
             let email = format!("customer{i}@example.com");
             let phone = format!("+1555{i:07}");
             self.insert_customer(
-                Some(email.clone()),
-                vec![("email".into(), email), ("phone".into(), phone)],
+                NewCustomer {
+                    email: Some(email.clone()),
+                    channels: vec![("email".into(), email), ("phone".into(), phone)],
+                    ..NewCustomer::default()
+                },
+                Instant::now(),
             );
         }
     }
@@ -198,11 +258,18 @@ pub(crate) fn normalize(phone: &str) -> String {
 }
 
 impl CustomerRec {
+    /// Whether `POST /api/search` finds it yet.
+    pub(crate) fn searchable(&self, now: Instant) -> bool {
+        self.searchable_at <= now
+    }
+
     /// The list-item shape (`GET /api/customers`): no channels.
     pub(crate) fn list_item(&self) -> Value {
+        let (firstname, lastname) = split_name(self.name.as_deref());
         json!({
-            "id": self.id, "external_id": null, "active": true, "email": self.email,
-            "name": null, "firstname": "", "lastname": "", "language": null, "timezone": null,
+            "id": self.id, "external_id": self.external_id, "active": true, "email": self.email,
+            "name": self.name, "firstname": firstname, "lastname": lastname,
+            "language": null, "timezone": null,
             "created_datetime": self.created, "updated_datetime": self.created,
             "meta": {"name_set_via": "agent"}, "data": null, "note": null, "custom_fields": {}
         })
@@ -219,21 +286,41 @@ impl CustomerRec {
         v
     }
 
+    /// The ticket's `customer` and `requester`: the person with its channels (recorded shape).
+    pub(crate) fn on_ticket(&self) -> Value {
+        let mut p = self.person();
+        p["channels"] = self.channels.iter().map(|ch| self.channel(ch)).collect();
+        p["data"] = Value::Null;
+        p["customer"] = Value::Null;
+        p["integrations"] = json!({});
+        p["external_id"] = json!(self.external_id);
+        p["note"] = Value::Null;
+        p
+    }
+
     /// A channel record, as channels and phone search return it.
     pub(crate) fn channel(&self, c: &ChannelRec) -> Value {
         json!({
             "id": c.id, "type": c.kind, "address": c.address, "preferred": true,
             "created_datetime": c.created, "updated_datetime": c.created, "deleted_datetime": null,
-            "user": {"id": self.id, "name": null}, "customer": {"id": self.id, "name": null}
+            "user": {"id": self.id, "name": self.name},
+            "customer": {"id": self.id, "name": self.name}
         })
     }
 
     /// The person shape used by tickets' `sender` and `customer`.
     pub(crate) fn person(&self) -> Value {
+        let (firstname, lastname) = split_name(self.name.as_deref());
         json!({
-            "id": self.id, "email": self.email, "name": null, "firstname": "", "lastname": "",
+            "id": self.id, "email": self.email, "name": self.name,
+            "firstname": firstname, "lastname": lastname,
             "meta": {"name_set_via": "agent"}
         })
+    }
+
+    /// The item of a `customer` search: `{id, name, email}` (recorded, §11).
+    pub(crate) fn search_item(&self) -> Value {
+        json!({"id": self.id, "name": self.name, "email": self.email})
     }
 }
 
@@ -281,6 +368,21 @@ mod tests {
         let t = Duration::from_secs(1_738_922_118) + Duration::from_micros(820_000);
         assert_eq!(iso(t), "2025-02-07T09:55:18.820000+00:00");
         assert_eq!(iso(Duration::ZERO), "1970-01-01T00:00:00.000000+00:00");
+    }
+
+    #[test]
+    fn names_split_on_the_last_space() {
+        let s = split_name;
+        assert_eq!(
+            s(Some("Nango TestUser")),
+            ("Nango".into(), "TestUser".into())
+        );
+        assert_eq!(
+            s(Some("Nango Test User")),
+            ("Nango Test".into(), "User".into())
+        );
+        assert_eq!(s(Some("Cher")), ("Cher".into(), String::new()));
+        assert_eq!(s(None), (String::new(), String::new()));
     }
 
     #[test]
