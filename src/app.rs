@@ -50,6 +50,8 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// Whether `/metrics` is served on the main listener.
     pub metrics_on_main: bool,
+    /// Requests served at once; more are refused with 503.
+    pub max_in_flight: usize,
 }
 
 impl AppState {
@@ -96,6 +98,7 @@ impl AppState {
             auth: InboundAuth::new(&config.api_tokens),
             metrics: Some(crate::metrics::install()),
             metrics_on_main: config.metrics_listen.is_none(),
+            max_in_flight: config.max_concurrent_requests,
         })))
     }
 }
@@ -185,6 +188,7 @@ impl Application {
             drain: config.shutdown_drain,
             conn_limits: crate::server::ConnLimits {
                 header_read_timeout: config.header_read_timeout,
+                max_connections: config.max_connections,
                 ..Default::default()
             },
         })

@@ -42,6 +42,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's whole body.
     pub body_read_timeout: Duration,
+    /// Requests served at once; more are refused at once with 503 + `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Open client connections at once; more are closed as they arrive.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -60,7 +64,7 @@ impl Config {
             ticketing: TicketingSettings::default(),
             body_limit: 2 * 1024 * 1024,
             request_deadline: Duration::from_secs(30),
-            shutdown_drain: Duration::from_secs(25),
+            shutdown_drain: Duration::from_secs(35),
             readiness_ttl: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             redis_url: None,
@@ -69,6 +73,8 @@ impl Config {
             metrics_listen: None,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 256,
+            max_connections: 1024,
         }
     }
 }
@@ -156,7 +162,7 @@ pub struct Cli {
     #[arg(long, env = "SETTINGS_CACHE_TTL_SECS", default_value_t = 300)]
     pub settings_cache_ttl_secs: u64,
     /// Time allowed for in-flight requests after SIGTERM, in seconds.
-    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 25)]
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 35)]
     pub shutdown_drain_secs: u64,
     /// How long an Idempotency-Key's answer is replayed, in seconds.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
@@ -179,6 +185,12 @@ pub struct Cli {
     /// Time a client has to send a request's whole body, in milliseconds.
     #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
+    /// Requests served at once; more get 503 with Retry-After (memory stays bounded).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Open client connections at once; more are closed on arrival.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Serve GET /metrics on this address instead of LISTEN_ADDR.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -196,6 +208,17 @@ pub enum Command {
         /// URL to probe; default: this service's LISTEN_ADDR port on 127.0.0.1.
         #[arg(long)]
         url: Option<Url>,
+    },
+    /// Read-only preflight against the configured Gorgias account (same settings and `.env`
+    /// as the service): credentials, channels, rate limit, and the three lookups the service
+    /// relies on. One PASS/WARN/FAIL line per check; exit 0 when nothing failed, 1 when
+    /// something did, 2 when the settings themselves are unusable. Writes nothing and spends
+    /// at most 8 Gorgias calls, so it is safe in CI of a deployment and against a live account.
+    /// Needs no inbound token (it serves nothing).
+    Check {
+        /// Print one JSON document instead of lines (for CI).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -240,9 +263,29 @@ impl Cli {
             shared: None,
         };
         config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);
+        // A drain shorter than a request's deadline lets SIGTERM cut a request mid-create.
+        if config.shutdown_drain < config.request_deadline {
+            return Err(invalid(
+                "SHUTDOWN_DRAIN_SECS",
+                &format!(
+                    "({} s) must be at least REQUEST_DEADLINE_MS ({} ms), or SIGTERM can cut a \
+                     request in the middle of creating its ticket",
+                    config.shutdown_drain.as_secs(),
+                    config.request_deadline.as_millis()
+                ),
+            ));
+        }
         config.idempotency_ttl = Duration::from_secs(self.idempotency_ttl_secs.max(1));
         config.redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         config.metrics_listen = self.metrics_listen;
+        if self.max_concurrent_requests == 0 || self.max_connections == 0 {
+            return Err(invalid(
+                "MAX_CONCURRENT_REQUESTS",
+                "MAX_CONCURRENT_REQUESTS and MAX_CONNECTIONS must be more than 0",
+            ));
+        }
+        config.max_concurrent_requests = self.max_concurrent_requests;
+        config.max_connections = self.max_connections;
         config.header_read_timeout =
             positive_ms("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms)?;
         config.body_read_timeout = positive_ms("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms)?;
@@ -461,6 +504,25 @@ mod tests {
         assert_eq!(
             c.into_config().unwrap_err().to_string(),
             "MESSAGE_CHANNEL: must be `phone` or `api`"
+        );
+    }
+
+    #[test]
+    fn a_drain_shorter_than_the_deadline_refuses_to_start_naming_both() {
+        let c = Cli {
+            gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
+            gorgias_username: Some("u@example.com".into()),
+            gorgias_api_key: Some("k".into()),
+            gorgias_access_token: None,
+            allow_unauthenticated: true,
+            shutdown_drain_secs: 5,
+            request_deadline_ms: 30_000,
+            ..cli(&[])
+        };
+        let err = c.into_config().unwrap_err().to_string();
+        assert!(
+            err.contains("SHUTDOWN_DRAIN_SECS") && err.contains("REQUEST_DEADLINE_MS"),
+            "{err}"
         );
     }
 

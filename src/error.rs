@@ -61,6 +61,10 @@ pub enum ApiError {
     /// 504: the inbound deadline passed.
     #[error("the request took longer than its deadline")]
     DeadlineExceeded,
+    /// 503: more requests are in flight than this replica serves at once; shed before memory
+    /// grows.
+    #[error("this replica is at its limit of concurrent requests; retry shortly")]
+    Overloaded,
     /// 500: a bug. Never caused by a caller or by Gorgias.
     #[error("internal error")]
     Internal,
@@ -142,6 +146,7 @@ impl ApiError {
                 "Idempotency key reused",
             ),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             Self::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "idempotency_store_unavailable",
@@ -281,7 +286,7 @@ impl ApiError {
                 _ => None,
             },
             Self::NotReady(_) => Some(Duration::from_secs(5)),
-            Self::StoreUnavailable => Some(Duration::from_secs(1)),
+            Self::StoreUnavailable | Self::Overloaded => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

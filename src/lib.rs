@@ -24,7 +24,7 @@
 //!   creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
 //! - [`sandbox`]: `--sandbox`, the simulator inside the process (feature `sandbox`).
-//! - [`commands`]: one-shot subcommands (`healthcheck`).
+//! - [`commands`]: one-shot subcommands (`healthcheck`, the `check` preflight).
 
 #![forbid(unsafe_code)]
 

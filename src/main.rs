@@ -1,4 +1,5 @@
-//! `gorgias-proxy`: serve, `--sandbox`, or `healthcheck`. Everything else lives in the library.
+//! `gorgias-proxy`: serve, `--sandbox`, `healthcheck` or `check`. Everything else lives in the
+//! library.
 
 use clap::Parser;
 use gorgias_proxy::app::{Application, shutdown_signal};
@@ -9,9 +10,25 @@ use gorgias_proxy::{commands, sandbox, telemetry};
 async fn main() -> anyhow::Result<()> {
     // A missing .env is the normal case in containers.
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(Command::Healthcheck { url }) = &cli.command {
         std::process::exit(commands::healthcheck(url.clone(), cli.listen).await);
+    }
+    if let Some(Command::Check { json }) = cli.command {
+        // The preflight serves nothing, so the inbound-token rule (refuse to start without
+        // API_TOKENS) does not apply to it; every Gorgias setting is read as the service would.
+        // No telemetry: its report is its output, and nothing else may reach stdout.
+        cli.allow_unauthenticated = true;
+        let is_sandbox = cli.sandbox;
+        let mut config = match cli.into_config() {
+            Ok(c) => c,
+            Err(e) => std::process::exit(commands::check_config_error(&e.to_string(), json)),
+        };
+        let _sim = match sandbox::attach_if(is_sandbox, &mut config).await {
+            Ok(sim) => sim,
+            Err(e) => std::process::exit(commands::check_config_error(&e.to_string(), json)),
+        };
+        std::process::exit(commands::check(&config, json).await);
     }
     telemetry::init(
         telemetry::LogFormat::from_setting(cli.log_format.as_deref()),

@@ -88,18 +88,57 @@ fn declare() {
     counter!("gorgias_proxy_tickets_reconciled_total").absolute(0);
 }
 
-/// One inbound request finished.
-pub fn http_request(route: &str, status: u16, elapsed: Duration) {
-    let status = status.to_string();
-    counter!("gorgias_proxy_http_requests_total", "route" => route.to_owned(), "status" => status.clone())
+/// One inbound request finished. Labels are static strings: no allocation per request.
+pub fn http_request(route: &'static str, status: axum::http::StatusCode, elapsed: Duration) {
+    let status = status_label(status);
+    counter!("gorgias_proxy_http_requests_total", "route" => route, "status" => status.clone())
         .increment(1);
-    histogram!("gorgias_proxy_http_request_duration_seconds", "route" => route.to_owned(), "status" => status)
+    histogram!("gorgias_proxy_http_request_duration_seconds", "route" => route, "status" => status)
         .record(elapsed.as_secs_f64());
 }
 
-/// Inbound requests being served now.
-pub fn in_flight(delta: f64) {
-    gauge!("gorgias_proxy_http_requests_in_flight").increment(delta);
+/// The statuses this service answers, as static labels; any other is formatted.
+fn status_label(status: axum::http::StatusCode) -> metrics::SharedString {
+    let known = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(known)
+}
+
+/// Counts a request as in flight until dropped, so a handler dropped mid-way (the caller hung
+/// up) cannot leak the gauge.
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    /// One more request in flight.
+    pub fn start() -> Self {
+        gauge!("gorgias_proxy_http_requests_in_flight").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("gorgias_proxy_http_requests_in_flight").decrement(1.0);
+    }
 }
 
 /// A customer lookup was served from the cache (`hit`) or resolved with Gorgias.

@@ -24,6 +24,9 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     pub max_header_bytes: usize,
+    /// Open connections at once; a connection past the cap is closed on arrival, before it
+    /// costs a task or buffers.
+    pub max_connections: usize,
 }
 
 impl Default for ConnLimits {
@@ -31,6 +34,7 @@ impl Default for ConnLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_connections: 1024,
         }
     }
 }
@@ -55,7 +59,13 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // A peer that stops answering pings is gone: its connection is closed instead of
+        // being held open forever.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(64);
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -71,6 +81,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection cap reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(
             app.clone()
@@ -84,6 +102,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

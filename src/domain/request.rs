@@ -187,7 +187,13 @@ impl NewTicket {
         };
         let mut found: Vec<(Vec<usize>, super::FieldError)> = Vec::new();
         let mut more = 0usize;
-        for e in contract.validator.iter_errors(body) {
+        // The fast path answers yes or no; errors are only collected for a body that fails.
+        let schema_errors = if contract.validator.is_valid(body) {
+            None
+        } else {
+            Some(contract.validator.iter_errors(body))
+        };
+        for e in schema_errors.into_iter().flatten() {
             for problem in contract
                 .shapes
                 .word(e.instance_path().as_str(), e.kind(), body)

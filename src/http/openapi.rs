@@ -55,7 +55,7 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
          body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
         (status = 502, description = "Gorgias refused the request, failed, or answered something unreadable",
          body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
-        (status = 503, description = "Gorgias rate-limited us or is unreachable; retry after Retry-After",
+        (status = 503, description = "Gorgias rate-limited us or is unreachable, or this replica is at its limit of concurrent requests; retry after Retry-After",
          body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = String, description = "Seconds to wait"), ("X-Request-Id" = String))),
         (status = 504, description = "Gorgias or the request deadline timed out",

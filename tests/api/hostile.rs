@@ -187,3 +187,116 @@ async fn huge_strings_within_the_limit_and_deep_nesting_are_handled() {
     let resp = app.post_raw(over, Some("application/json")).await;
     assert_eq!(resp.status(), 413, "one byte over the default limit");
 }
+
+#[tokio::test]
+async fn past_the_concurrency_cap_requests_are_shed_at_once_with_503_and_retry_after() {
+    // Arrange: two requests at a time, a Gorgias that takes a second.
+    let mut sim = sim_config();
+    sim.faults.latency_ms = 1_000;
+    let app = spawn_app_with(sim, |c| c.max_concurrent_requests = 2).await;
+    // Act: six at once.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let req = app
+            .http
+            .post(format!("{}/ticket", app.address))
+            .json(&ticket_for(&format!("+1 555 08{i:02}"), None))
+            .send();
+        set.spawn(async move {
+            let started = Instant::now();
+            let r = req.await.unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or_default();
+            (status, retry_after, body, started.elapsed())
+        });
+    }
+    let answers = set.join_all().await;
+    // Assert: two served, the rest refused at once, saying why and when to come back.
+    let shed: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.0 == 201).count(),
+        2,
+        "{answers:?}"
+    );
+    assert_eq!(shed.len(), 4, "{answers:?}");
+    for (_, retry_after, body, took) in shed {
+        assert_eq!(body["code"], "overloaded");
+        assert_eq!(retry_after.as_ref().unwrap(), "1");
+        assert!(
+            *took < Duration::from_millis(900),
+            "shed, not queued: {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_are_closed() {
+    let app = spawn_app_with(sim_config(), |c| c.max_connections = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(host(&app)).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(host(&app)).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (answer, closed) = read_to_close(&mut extra, Duration::from_secs(2)).await;
+    assert!(
+        closed && answer.is_empty(),
+        "answered past the cap: {answer}"
+    );
+    drop(held);
+    // Once the held connections are gone, new ones are served again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = app.post_ticket(&ticket_for("+1 555 0900", None)).await;
+    assert_eq!(resp.status(), 201);
+}
+
+#[tokio::test]
+async fn a_two_mib_body_of_empty_attachments_gets_a_small_4xx_keyed_or_not() {
+    // ~700,000 empty attachments: each one breaks four rules, so an unbounded answer would
+    // list millions of problems.
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let mut body = String::from(
+        r#"{"customer":{"phone_number":"0719908543"},"ticket":{"messages":[{"id":"m","body_text":"x","body_html":"","attachments":["#,
+    );
+    let n = (2 * 1024 * 1024 - 200) / 3;
+    for i in 0..n {
+        body.push_str(if i == 0 { "{}" } else { ",{}" });
+    }
+    body.push_str("]}]}}");
+    assert!(body.len() <= 2 * 1024 * 1024);
+    for key in [None, Some("hostile-key-1")] {
+        let mut req = app
+            .http
+            .post(format!("{}/ticket", app.address))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let started = Instant::now();
+        let resp = req.send().await.unwrap();
+        let took = started.elapsed();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        assert!((400..500).contains(&status), "{status}");
+        assert!(bytes.len() <= 64 * 1024, "{} bytes", bytes.len());
+        let problem: Value = serde_json::from_slice(&bytes).unwrap();
+        let last = problem["errors"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert!(
+            last["message"].as_str().unwrap().contains("more problems"),
+            "{last}"
+        );
+        eprintln!(
+            "hostile body ({key:?}): {status}, {} bytes in {took:?}",
+            bytes.len()
+        );
+    }
+}

@@ -6,7 +6,9 @@
 
 mod binaries;
 mod budget;
+mod check;
 mod customers;
+mod fidelity;
 mod helpers;
 mod hostile;
 mod idempotency;

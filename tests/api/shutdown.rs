@@ -19,6 +19,8 @@ async fn sigterm_during_fifty_slow_requests_answers_them_all_then_exits_zero() {
         &[
             ("TICKET_CHANNEL", "phone"),
             ("SHUTDOWN_DRAIN_SECS", "20"),
+            // The drain must cover a request's whole deadline (the service refuses otherwise).
+            ("REQUEST_DEADLINE_MS", "15000"),
             ("GORGIAS_RATE_LIMIT", "off"),
         ],
     );

@@ -164,6 +164,9 @@ impl GorgiasClient {
             .connect_timeout(settings.attempt_timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            // Retries are ours: classified per call (a create is never resent blindly), within
+            // the caller's deadline. reqwest's own layer would also clone every request.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()
             .map_err(BuildError::Http)?;
         let mut base_url = settings.base_url;

@@ -27,6 +27,7 @@ mod error;
 mod metrics;
 mod models;
 mod pacing;
+mod probe;
 
 pub use client::{Auth, ClientSettings, GorgiasClient, RetryPolicy, parse_retry_after};
 pub use error::{BuildError, GorgiasError};
@@ -35,3 +36,7 @@ pub use models::{
     NewChannel, NewMessage, Person, PersonRef, PhoneHit, Tag, Ticket, TicketId,
 };
 pub use pacing::{BoxFuture, Budget, BudgetError, Pacer, SharedBudget};
+pub use probe::{
+    CALL_LIMIT_HEADER, CallLimit, LimitHeader, ListAnswer, ListShape, PROBE_MAX_CALLS, Probe,
+    ProbeError,
+};
