@@ -52,6 +52,8 @@ pub struct Shared {
     pub metrics_on_main: bool,
     /// Requests served at once; more are refused with 503.
     pub max_in_flight: usize,
+    /// Deployment-specific value rules (the phone region).
+    pub rules: crate::domain::request::Rules,
 }
 
 impl AppState {
@@ -99,6 +101,7 @@ impl AppState {
             metrics: Some(crate::metrics::install()),
             metrics_on_main: config.metrics_listen.is_none(),
             max_in_flight: config.max_concurrent_requests,
+            rules: config.rules,
         })))
     }
 }

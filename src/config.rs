@@ -46,6 +46,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Open client connections at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Deployment-specific value rules (`PHONE_DEFAULT_REGION`).
+    pub rules: crate::domain::request::Rules,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             body_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 256,
             max_connections: 1024,
+            rules: crate::domain::request::Rules::default(),
         }
     }
 }
@@ -185,6 +188,10 @@ pub struct Cli {
     /// Time a client has to send a request's whole body, in milliseconds.
     #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
+    /// ISO 3166 region (`KE`, `US`) in which phone numbers without a country code are read;
+    /// numbers are then normalised to E.164 before lookup and creation.
+    #[arg(long, env = "PHONE_DEFAULT_REGION")]
+    pub phone_default_region: Option<String>,
     /// Requests served at once; more get 503 with Retry-After (memory stays bounded).
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
@@ -285,6 +292,20 @@ impl Cli {
             ));
         }
         config.max_concurrent_requests = self.max_concurrent_requests;
+        if let Some(region) = self
+            .phone_default_region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            let id = region.to_ascii_uppercase().parse().map_err(|_| {
+                invalid(
+                    "PHONE_DEFAULT_REGION",
+                    "must be an ISO 3166 region code such as KE or US",
+                )
+            })?;
+            config.rules.phone_region = Some(id);
+        }
         config.max_connections = self.max_connections;
         config.header_read_timeout =
             positive_ms("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms)?;

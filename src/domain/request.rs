@@ -167,14 +167,30 @@ static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
 /// At most this many problems are listed; a body with more says so in its last entry.
 pub const PROBLEMS_SHOWN: usize = 50;
 
+/// Value rules that depend on the deployment, not on the contract.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// `PHONE_DEFAULT_REGION`: numbers are parsed for this region and normalised to E.164, so
+    /// `0719 908 543` and `+254719908543` are one customer; a number impossible there is 422.
+    pub phone_region: Option<phonenumber::country::Id>,
+}
+
 impl NewTicket {
+    /// [`NewTicket::parse_with`] without deployment rules.
+    ///
+    /// # Errors
+    /// As [`NewTicket::parse_with`].
+    pub fn parse(body: &Value) -> Result<Self, ValidationErrors> {
+        Self::parse_with(body, &Rules::default())
+    }
+
     /// Validates a `POST /ticket` body and converts it into a ticket.
     ///
     /// # Errors
     /// Every problem found (at most [`PROBLEMS_SHOWN`], then a count), in document order; shape
     /// problems (types, unknown or missing fields) are marked so the HTTP layer answers 400
     /// rather than 422.
-    pub fn parse(body: &Value) -> Result<Self, ValidationErrors> {
+    pub fn parse_with(body: &Value, rules: &Rules) -> Result<Self, ValidationErrors> {
         let mut errs = ValidationErrors::default();
         let contract = match &*CONTRACT {
             Ok(c) => c,
@@ -212,9 +228,35 @@ impl NewTicket {
         for problem in distinct_message_ids(body, &contract.shapes) {
             found.push(problem);
         }
+        // The region rule runs on a number the schema accepted, so one field gets one problem.
+        let mut e164 = None;
+        if let Some(region) = rules.phone_region
+            && let Some(Value::String(raw)) = body.pointer("/customer/phone_number")
+            && !found
+                .iter()
+                .any(|(_, e)| e.field == "customer.phone_number")
+        {
+            match phone_in_region(raw, region) {
+                Some(n) => e164 = Some(n),
+                None => found.push(contract.shapes.problem(
+                    "/customer/phone_number",
+                    super::Problem::Rule,
+                    format!(
+                        "is not a possible phone number for region {}",
+                        region.as_ref()
+                    ),
+                )),
+            }
+        }
         if found.is_empty() {
             return TicketRequest::deserialize(body)
-                .map(NewTicket::from)
+                .map(|r| {
+                    let mut t = NewTicket::from(r);
+                    if let Some(n) = e164 {
+                        t.phone = PhoneNumber::new(&n);
+                    }
+                    t
+                })
                 .map_err(|e| {
                     // Unreachable after the schema accepted the body; kept so a slip answers
                     // 400, not 500.
@@ -235,6 +277,14 @@ impl NewTicket {
         }
         Err(errs)
     }
+}
+
+/// The number in E.164 (`+254719908543`) when it is valid for `region` (or carries its own
+/// country code and is valid there), else `None`.
+fn phone_in_region(raw: &str, region: phonenumber::country::Id) -> Option<String> {
+    let n = phonenumber::parse(Some(region), raw.trim()).ok()?;
+    n.is_valid()
+        .then(|| n.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 /// Message ids must be distinct within a ticket (they become Gorgias's message `external_id`),
@@ -764,6 +814,36 @@ mod tests {
         let e = NewTicket::parse(&body).unwrap_err();
         let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["customer.email", "ticket.messages[1].id"]);
+    }
+
+    #[test]
+    fn with_a_default_region_both_spellings_become_one_e164_number() {
+        let rules = Rules {
+            phone_region: Some("KE".parse().unwrap()),
+        };
+        let mut body = example();
+        for spelling in ["0719 908 543", "+254719908543", " 0719908543 "] {
+            body["customer"]["phone_number"] = json!(spelling);
+            let t = NewTicket::parse_with(&body, &rules).unwrap();
+            assert_eq!(t.phone.as_str(), "+254719908543", "{spelling}");
+            assert_eq!(t.phone.normalized(), "+254719908543", "{spelling}");
+        }
+        body["customer"]["phone_number"] = json!("12345");
+        let e = NewTicket::parse_with(&body, &rules).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].field, "customer.phone_number");
+        assert_eq!(e.errors[0].problem, Problem::Rule);
+        assert!(
+            e.errors[0].message.contains("KE"),
+            "{}",
+            e.errors[0].message
+        );
+        // Without a region the number is kept as sent.
+        body["customer"]["phone_number"] = json!("0719 908 543");
+        assert_eq!(
+            NewTicket::parse(&body).unwrap().phone.as_str(),
+            "0719 908 543"
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn create(
     reconcile_first: bool,
 ) -> Result<Response, ApiError> {
     let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
-    let ticket = NewTicket::parse(&value).map_err(ApiError::Invalid)?;
+    let ticket = NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
     tracing::debug!(
         messages = ticket.messages.len(),
         "valid ticket request; creating it in Gorgias"

@@ -287,3 +287,29 @@ impl crate::helpers::TestApp {
         self.sim.add_customer(Some(email), Some(phone))
     }
 }
+
+#[tokio::test]
+async fn with_a_default_region_two_spellings_of_one_number_make_one_customer() {
+    let app = spawn_app_with(sim_config(), |c| {
+        c.rules.phone_region = Some("KE".parse().unwrap());
+    })
+    .await;
+    let first = app.post_ticket(&ticket_for("0719 908 543", None)).await;
+    let first = stored_ticket(&app, first).await;
+    let second = app.post_ticket(&ticket_for("+254719908543", None)).await;
+    let second = stored_ticket(&app, second).await;
+    assert_eq!(app.stats().customers_created, 1);
+    assert_eq!(first["customer"]["id"], second["customer"]["id"]);
+    let phones: Vec<&Value> = first["customer"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "phone")
+        .map(|c| &c["address"])
+        .collect();
+    assert_eq!(phones, [&json!("+254719908543")], "stored in E.164");
+    let impossible = app.post_ticket(&ticket_for("12345", None)).await;
+    assert_eq!(impossible.status(), 422);
+    let problem: Value = impossible.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "customer.phone_number");
+}
