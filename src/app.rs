@@ -98,7 +98,7 @@ impl AppState {
             readiness: Readiness::new(config.readiness_ttl),
             idempotency,
             auth: InboundAuth::new(&config.api_tokens),
-            metrics: Some(crate::metrics::install()),
+            metrics: Some(crate::metrics::install_with_upkeep()),
             metrics_on_main: config.metrics_listen.is_none(),
             max_in_flight: config.max_concurrent_requests,
             rules: config.rules,

@@ -40,7 +40,24 @@ pub enum Record {
     Failed { fingerprint: String },
 }
 
+/// Memory the in-process idempotency store may use for keys and answers: 64 MiB.
+pub const MEMORY_BUDGET_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Record {
+    /// Roughly the bytes this record holds (strings plus a fixed overhead).
+    fn weight(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        OVERHEAD
+            + match self {
+                Self::InFlight { fingerprint, token } => fingerprint.len() + token.len(),
+                Self::Done {
+                    fingerprint,
+                    answer,
+                } => fingerprint.len() + answer.content_type.len() + answer.body.len(),
+                Self::Failed { fingerprint } => fingerprint.len(),
+            }
+    }
+
     fn fingerprint(&self) -> &str {
         match self {
             Self::InFlight { fingerprint, .. }
@@ -109,11 +126,22 @@ impl std::fmt::Debug for IdempotencyStore {
 const PREFIX: &str = "gorgias-proxy:idem:";
 
 impl IdempotencyStore {
-    /// An in-memory store remembering keys for `ttl`.
+    /// An in-memory store remembering keys for `ttl`, bounded by [`MEMORY_BUDGET_BYTES`].
     pub fn memory(ttl: Duration) -> Self {
+        Self::memory_with_budget(ttl, MEMORY_BUDGET_BYTES)
+    }
+
+    /// An in-memory store holding at most about `budget` bytes of keys and answers: a bound by
+    /// entries would let a few large answers take any amount of memory. When full, the least
+    /// useful records are evicted (a caller's retry then runs again and reconciles by
+    /// `external_id`).
+    pub fn memory_with_budget(ttl: Duration, budget: u64) -> Self {
         Self::Memory(
             Cache::builder()
-                .max_capacity(1_000_000)
+                .weigher(|key: &String, record: &Record| {
+                    u32::try_from(key.len() + record.weight()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(budget)
                 .time_to_live(ttl)
                 .build(),
         )
@@ -393,5 +421,33 @@ mod tests {
         store.complete(token, answer.clone()).await.unwrap();
         assert_eq!(store.claim("k", "f1").await.unwrap(), Claim::Replay(answer));
         assert_eq!(store.claim("k", "f2").await.unwrap(), Claim::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_is_bounded_by_bytes_not_entries() {
+        // 1 MiB of budget, 100 answers of 64 KiB each: at most ~16 fit, whatever the count.
+        let store = IdempotencyStore::memory_with_budget(Duration::from_secs(60), 1024 * 1024);
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let Claim::Acquired(token) = store.claim(&key, "f").await.unwrap() else {
+                panic!("a fresh key is ours");
+            };
+            let answer = StoredAnswer {
+                status: 201,
+                content_type: "application/json".into(),
+                body: "x".repeat(64 * 1024),
+            };
+            store.complete(token, answer).await.unwrap();
+        }
+        let IdempotencyStore::Memory(cache) = &store else {
+            unreachable!()
+        };
+        cache.run_pending_tasks().await;
+        assert!(
+            cache.weighted_size() <= 1024 * 1024,
+            "{}",
+            cache.weighted_size()
+        );
+        assert!(cache.entry_count() <= 16, "{}", cache.entry_count());
     }
 }

@@ -38,6 +38,24 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// [`install`], plus a timer that runs the recorder's upkeep (draining histogram buckets)
+/// every 5 s. Without it the histograms are only drained when something scrapes `/metrics`, and
+/// grow without bound on a replica nobody scrapes. Needs a Tokio runtime; the timer stops with
+/// it.
+pub fn install_with_upkeep() -> PrometheusHandle {
+    let handle = install();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    handle
+}
+
 fn declare() {
     metrics::describe_counter!(
         "gorgias_proxy_http_requests_total",

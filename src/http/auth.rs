@@ -46,15 +46,49 @@ impl InboundAuth {
         self.digests.is_empty()
     }
 
-    /// True when `presented` is one of the tokens. Every configured token is compared, so the
-    /// time taken does not say which one matched.
+    /// True when `presented` is one of the tokens.
     pub fn accepts(&self, presented: &str) -> bool {
+        self.identify(presented).is_some()
+    }
+
+    /// The caller `presented` identifies, when it is one of the tokens. Every configured token
+    /// is compared, so the time taken does not say which one matched.
+    pub fn identify(&self, presented: &str) -> Option<Caller> {
         let d = digest(presented.as_bytes());
         let mut ok = subtle::Choice::from(0);
         for known in self.digests.iter() {
             ok |= known.ct_eq(&d);
         }
-        ok.into()
+        bool::from(ok).then(|| Caller::of_digest(&d))
+    }
+}
+
+/// Who called, as far as idempotency is concerned: derived from the bearer token's digest
+/// (never the token), so two services using the same `Idempotency-Key` never share a record,
+/// and a token rotation starts a fresh key space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(String);
+
+impl Caller {
+    /// Callers when inbound auth is off: all one.
+    pub fn anonymous() -> Self {
+        Self("anonymous".into())
+    }
+
+    fn of_digest(token_digest: &[u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"gorgias-proxy caller\0");
+        h.update(token_digest);
+        let id: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self(format!("t-{id}"))
+    }
+
+    /// The identity, for keys.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -79,9 +113,13 @@ pub(crate) async fn require_token(
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    match presented {
-        Some(token) if state.auth.accepts(token) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
+    match presented.and_then(|t| state.auth.identify(t)) {
+        Some(caller) => {
+            let mut req = req;
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 
@@ -98,5 +136,16 @@ mod tests {
         assert!(!auth.accepts(""));
         assert!(!auth.is_open());
         assert!(InboundAuth::new(&[]).is_open());
+    }
+
+    #[test]
+    fn each_token_is_its_own_caller_and_the_identity_is_not_the_token() {
+        let auth = InboundAuth::new(&[SecretString::from("alpha"), SecretString::from("beta")]);
+        let a = auth.identify("alpha").unwrap();
+        let b = auth.identify("beta").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, auth.identify("alpha").unwrap());
+        assert!(!a.as_str().contains("alpha"));
+        assert!(auth.identify("gamma").is_none());
     }
 }

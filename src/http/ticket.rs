@@ -6,11 +6,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use crate::app::AppState;
 use crate::domain::NewTicket;
 use crate::error::ApiError;
+use crate::http::auth::Caller;
 use crate::idempotency::{self, Claim, StoredAnswer};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -26,6 +27,7 @@ pub(crate) const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 /// `Idempotency-Key`, the first final answer is stored and replayed to retries.
 async fn create_ticket(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -53,6 +55,10 @@ async fn create_ticket(
         .ok_or_else(|| {
             ApiError::BadHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })?;
+    // Keys are scoped by caller: two services choosing the same key never share a record,
+    // nor a ticket.
+    let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
+    let key = &format!("{}:{key}", caller.as_str());
     let fingerprint = idempotency::fingerprint_parsed(parsed.as_ref().ok(), &body);
     let claim = state
         .idempotency

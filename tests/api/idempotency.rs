@@ -196,7 +196,11 @@ async fn a_retry_after_an_unreconciled_failure_finds_the_ticket_instead_of_creat
 
     let body = ticket_for("+1 555 0410", Some("twice@example.com"));
     let key = unique("lost-answer");
-    let marker = external_id(&key, &fingerprint(&serde_json::to_vec(&body).unwrap()));
+    // Keys are scoped by caller; with inbound auth off every caller is `anonymous`.
+    let marker = external_id(
+        &format!("anonymous:{key}"),
+        &fingerprint(&serde_json::to_vec(&body).unwrap()),
+    );
     let mut ticket: Value = serde_json::from_str::<Value>(include_str!(
         "../fixtures/post-tickets.json"
     ))
@@ -252,4 +256,36 @@ async fn a_retry_after_an_unreconciled_failure_finds_the_ticket_instead_of_creat
     let out: Value = second.json().await.unwrap();
     assert_eq!(out["external_id"], marker);
     // `expect(1)` on the POST is checked when the mock server drops: one create, not two.
+}
+
+#[tokio::test]
+async fn one_key_from_two_callers_makes_two_tickets() {
+    let app = spawn_app_with(sim_config(), |c| {
+        c.api_tokens = vec!["token-of-a".into(), "token-of-b".into()];
+        c.allow_unauthenticated = false;
+    })
+    .await;
+    let body = ticket_for("+1 555 0420", None);
+    let key = unique("shared-key");
+    let mut ids = Vec::new();
+    for token in ["token-of-a", "token-of-b", "token-of-a"] {
+        let resp = app
+            .http
+            .post(format!("{}/ticket", app.address))
+            .bearer_auth(token)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{token}");
+        let t: Value = resp.json().await.unwrap();
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(ids[0], ids[1], "two callers, two tickets");
+    assert_eq!(
+        ids[0], ids[2],
+        "the same caller's retry replays its own ticket"
+    );
+    assert_eq!(app.stats().tickets_created, 2);
 }
