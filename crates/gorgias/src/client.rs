@@ -582,7 +582,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, GorgiasError> {
         })
 }
 
-fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {
+pub(crate) fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {
     // The URL can carry a customer's email (`?email=`): never keep it in an error we may log.
     let e = e.without_url();
     if e.is_timeout() {

@@ -20,7 +20,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use url::Url;
 
-use crate::client::{Auth, ClientSettings, parse_retry_after};
+use crate::client::{Auth, ClientSettings, parse_retry_after, transport};
 use crate::error::{BuildError, GorgiasError};
 use crate::models::{ErrorBody, SearchItem, SearchQuery};
 
@@ -331,23 +331,6 @@ fn decode(endpoint: &'static str, e: serde_json::Error) -> GorgiasError {
     }
 }
 
-fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {
-    // The URL can carry the probe's query values: keep errors free of it, as the client does.
-    let e = e.without_url();
-    if e.is_timeout() {
-        GorgiasError::Timeout { endpoint }
-    } else if e.is_connect() {
-        GorgiasError::Unreachable {
-            endpoint,
-            source: e.into(),
-        }
-    } else {
-        GorgiasError::ConnectionLost {
-            endpoint,
-            source: e.into(),
-        }
-    }
-}
 
 /// A non-2xx answer as the client classifies it (429, 5xx, other 4xx with Gorgias's message).
 fn classify(
