@@ -45,3 +45,31 @@ def distinct_message_ids(ctx, case, **kwargs):
                 mid = mid[: 255 - len(suffix)] + suffix
                 m["id"] = mid
             seen.add(mid)
+
+
+@schemathesis.hook("before_call")
+def distinct_custom_fields_and_bounded_meta(ctx, case, **kwargs):
+    """Two more documented rules a schema cannot state: a custom field id appears once per ticket,
+    and `ticket.meta` is at most 4 KiB serialised. In positive cases only, repeated ids are
+    dropped and an oversized meta is trimmed; both refusals are covered by the test suite."""
+    meta = getattr(case, "meta", None)
+    if meta is None or str(meta.generation.mode) != "positive":
+        return
+    ticket = case.body.get("ticket") if isinstance(case.body, dict) else None
+    if not isinstance(ticket, dict):
+        return
+    fields = ticket.get("custom_fields")
+    if isinstance(fields, list):
+        seen, kept = set(), []
+        for f in fields:
+            fid = f.get("id") if isinstance(f, dict) else None
+            if fid in seen:
+                continue
+            seen.add(fid)
+            kept.append(f)
+        ticket["custom_fields"] = kept
+    m = ticket.get("meta")
+    if isinstance(m, dict):
+        import json
+        while m and len(json.dumps(m, separators=(",", ":")).encode()) > 4096:
+            m.pop(next(iter(m)))

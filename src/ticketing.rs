@@ -11,8 +11,8 @@ use moka::future::Cache;
 use tokio::time::Instant;
 
 use gorgias::{
-    CreateCustomer, CreateTicket, Customer, GorgiasClient, GorgiasError, NewAttachment, NewMessage,
-    PersonRef,
+    CreateCustomer, CreateTicket, Customer, GorgiasClient, GorgiasError, NewAttachment,
+    NewCustomField, NewMessage, PersonRef, TagRef,
 };
 
 use crate::coordination::SharedCustomers;
@@ -337,7 +337,10 @@ impl Ticketing {
         let mut tries = 0;
         loop {
             tries += 1;
-            let request = CreateCustomer::with_phone(t.phone.as_str(), email);
+            let request = CreateCustomer {
+                name: t.name.as_deref(),
+                ..CreateCustomer::with_phone(t.phone.as_str(), email)
+            };
             match self.client.create_customer(&request, deadline).await {
                 Ok(c) => return Ok(c),
                 // Someone created it meanwhile (409), or our create may have landed (ambiguous):
@@ -410,12 +413,25 @@ fn ticket_request<'a>(
             .as_deref()
             .or(t.email.as_ref().map(|e| e.as_str())),
     };
+    let o = &t.options;
     CreateTicket {
         customer: person,
         channel,
         via: "api",
         from_agent: false,
         external_id,
+        subject: o.subject.as_deref(),
+        tags: o.tags.iter().map(|name| TagRef { name }).collect(),
+        priority: o.priority.as_deref(),
+        custom_fields: o
+            .custom_fields
+            .iter()
+            .map(|f| NewCustomField {
+                id: f.id,
+                value: &f.value,
+            })
+            .collect(),
+        meta: o.meta.as_ref(),
         messages: t
             .messages
             .iter()

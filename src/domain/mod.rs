@@ -11,8 +11,8 @@ mod values;
 
 pub use error::{FieldError, Problem, ValidationErrors};
 pub use values::{
-    Attachment, ContentType, Email, HttpUrl, MessageId, NewMessage, NewTicket, PhoneNumber,
-    normalize_phone,
+    Attachment, ContentType, CustomField, Email, HttpUrl, MessageId, NewMessage, NewTicket,
+    PhoneNumber, TicketOptions, normalize_phone,
 };
 
 /// Bounds of the inbound contract, shared by validation and the OpenAPI document so the two

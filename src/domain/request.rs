@@ -22,7 +22,8 @@ use utoipa::openapi::schema::{ArrayItems, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::values::{
-    Attachment, ContentType, Email, HttpUrl, MessageId, NewMessage, NewTicket, PhoneNumber,
+    Attachment, ContentType, CustomField, Email, HttpUrl, MessageId, NewMessage, NewTicket,
+    PhoneNumber, TicketOptions,
 };
 use super::{ValidationErrors, limits};
 
@@ -54,6 +55,16 @@ pub struct CustomerIn {
         example = "nango@example.com"
     )]
     email: Option<String>,
+    /// The customer's name, 1 to 255 characters, not blank; surrounding spaces are dropped.
+    /// Sent only when the customer is created (Gorgias splits it into first and last name on
+    /// the last space); never used for lookup, and an existing customer's name is not changed.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"\S",
+        example = "Jane Doe"
+    )]
+    name: Option<String>,
 }
 
 /// The ticket's content.
@@ -63,7 +74,88 @@ pub struct TicketIn {
     /// 1 to 500 messages, with distinct ids.
     #[schema(min_items = 1, max_items = 500)]
     messages: Vec<MessageIn>,
+    /// The ticket's subject, 1 to 998 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 998,
+        example = "Missed call from +254719908543"
+    )]
+    subject: Option<String>,
+    /// Up to 50 tag names of 1 to 255 characters; duplicates are dropped. Gorgias routing rules
+    /// key on tags.
+    #[schema(max_items = 50, example = json!(["missed-call", "vip"]))]
+    tags: Option<Vec<TagName>>,
+    /// The ticket's priority.
+    #[schema(example = "high")]
+    priority: Option<Priority>,
+    /// Up to 50 values of the account's ticket custom fields, each field id once.
+    #[schema(max_items = 50)]
+    custom_fields: Option<Vec<CustomFieldIn>>,
+    /// The caller's own references (an order id, the system that opened it): a JSON object of
+    /// at most 4 KiB serialised. Stored in the ticket's `meta` and returned in the answer.
+    #[schema(value_type = Option<Object>, example = json!({"order_id": "A-1042", "source": "ivr"}))]
+    meta: Option<serde_json::Map<String, Value>>,
 }
+
+/// A tag name, 1 to 255 characters.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_length = 1, max_length = 255, example = "missed-call")]
+#[serde(transparent)]
+pub struct TagName(String);
+
+/// Gorgias's ticket priorities (`gorgias-api.md` §2: the official ticket example shows
+/// `normal`; the four values come from third-party clients of the reference, and the 2026
+/// recordings show `normal`).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// `critical`
+    Critical,
+    /// `high`
+    High,
+    /// `normal` (Gorgias's default)
+    Normal,
+    /// `low`
+    Low,
+}
+
+impl Priority {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+}
+
+/// A value for one of the account's ticket custom fields, in Gorgias's create shape.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomFieldIn {
+    /// The custom field definition's id (Settings → Ticket fields).
+    #[schema(minimum = 1, example = 12)]
+    id: u64,
+    /// A string, number or boolean (the schema admits nothing else, so the value is kept as
+    /// JSON and sent as it came).
+    #[schema(schema_with = custom_field_value_schema, example = "gold")]
+    value: Value,
+}
+
+fn custom_field_value_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+        ]))
+        .build()
+}
+
+/// Most bytes `ticket.meta` may take, serialised.
+pub const META_MAX_BYTES: usize = 4096;
 
 /// One message from the customer; `body_text` and `body_html` must not both be blank.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,9 +317,9 @@ impl NewTicket {
                 break;
             }
         }
-        for problem in distinct_message_ids(body, &contract.shapes) {
-            found.push(problem);
-        }
+        found.extend(distinct_message_ids(body, &contract.shapes));
+        found.extend(distinct_custom_fields(body, &contract.shapes));
+        found.extend(meta_within_bound(body, &contract.shapes));
         // The region rule runs on a number the schema accepted, so one field gets one problem.
         let mut e164 = None;
         if let Some(region) = rules.phone_region
@@ -265,6 +357,8 @@ impl NewTicket {
                 });
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
+        // One problem per field: the first found (a wrong type before the rules it also breaks).
+        found.dedup_by(|later, first| later.1.field == first.1.field);
         errs.errors = found.into_iter().map(|(_, e)| e).collect();
         if more > 0 {
             errs.shape(
@@ -285,6 +379,42 @@ fn phone_in_region(raw: &str, region: phonenumber::country::Id) -> Option<String
     let n = phonenumber::parse(Some(region), raw.trim()).ok()?;
     n.is_valid()
         .then(|| n.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// A custom field is set once per ticket: two values for one field would leave Gorgias to
+/// pick one.
+fn distinct_custom_fields(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, super::FieldError)> {
+    let Some(Value::Array(fields)) = body.pointer("/ticket/custom_fields") else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::with_capacity(fields.len());
+    fields
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let id = f.get("id").and_then(Value::as_u64)?;
+            (!seen.insert(id)).then(|| {
+                shapes.problem(
+                    &format!("/ticket/custom_fields/{i}/id"),
+                    super::Problem::Rule,
+                    "must be unique within the ticket; an earlier item sets the same field".into(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `ticket.meta` is the caller's references, not a payload: at most [`META_MAX_BYTES`].
+fn meta_within_bound(body: &Value, shapes: &Shapes) -> Option<(Vec<usize>, super::FieldError)> {
+    let meta = body.pointer("/ticket/meta").filter(|m| m.is_object())?;
+    let size = serde_json::to_vec(meta).map_or(usize::MAX, |b| b.len());
+    (size > META_MAX_BYTES).then(|| {
+        shapes.problem(
+            "/ticket/meta",
+            super::Problem::Rule,
+            format!("must be at most {META_MAX_BYTES} bytes serialised, found {size}"),
+        )
+    })
 }
 
 /// Message ids must be distinct within a ticket (they become Gorgias's message `external_id`),
@@ -314,9 +444,35 @@ fn distinct_message_ids(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, super
 impl From<TicketRequest> for NewTicket {
     /// Valid by construction: the schema has accepted the body this DTO came from.
     fn from(r: TicketRequest) -> Self {
+        let mut seen = HashSet::new();
+        let options = TicketOptions {
+            subject: r.ticket.subject,
+            tags: r
+                .ticket
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.0)
+                .filter(|t| seen.insert(t.clone()))
+                .collect(),
+            priority: r.ticket.priority.map(|p| p.as_str().to_owned()),
+            custom_fields: r
+                .ticket
+                .custom_fields
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| CustomField {
+                    id: f.id,
+                    value: f.value,
+                })
+                .collect(),
+            meta: r.ticket.meta,
+        };
         NewTicket {
             phone: PhoneNumber::new(&r.customer.phone_number),
             email: r.customer.email.map(Email::new),
+            name: r.customer.name.map(|n| n.trim().to_owned()),
+            options,
             messages: r
                 .ticket
                 .messages
@@ -362,6 +518,8 @@ enum Holds {
     Object(String),
     /// A list of named object schemas.
     ListOf(String),
+    /// A list of anything else.
+    List,
     /// Anything else (a leaf).
     Leaf,
 }
@@ -459,6 +617,45 @@ impl Shapes {
                 Rule,
                 "body_text and body_html must not both be blank".into(),
             )],
+            // A value of the wrong JSON type is a shape problem, whatever keyword caught it.
+            ValidationErrorKind::Enum { options } => one(
+                if body.pointer(pointer).is_some_and(Value::is_string) {
+                    Rule
+                } else {
+                    Shape
+                },
+                format!(
+                    "must be one of: {}",
+                    options
+                        .as_array()
+                        .map(|o| o
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ),
+            ),
+            // `Option<T>` derives as `oneOf: [T, null]`: word what the non-null branch found.
+            ValidationErrorKind::OneOfNotValid { context } => {
+                let only_null = |errs: &Vec<jsonschema::ValidationError<'static>>| {
+                    errs.iter().all(|e| {
+                        matches!(
+                            e.kind(),
+                            ValidationErrorKind::Type {
+                                kind: TypeKind::Single(jsonschema::JsonType::Null)
+                            }
+                        )
+                    })
+                };
+                match context.iter().find(|errs| !only_null(errs)) {
+                    Some(errs) => errs
+                        .iter()
+                        .flat_map(|e| self.word(e.instance_path().as_str(), e.kind(), body))
+                        .collect(),
+                    None => one(Rule, "is not acceptable".into()),
+                }
+            }
             _ => one(Rule, "is not acceptable".into()),
         }
     }
@@ -496,6 +693,12 @@ impl Shapes {
                     key.push(index);
                     at = Holds::Object(name);
                 }
+                Holds::List => {
+                    let index: usize = segment.parse().unwrap_or(usize::MAX);
+                    field.push_str(&format!("[{segment}]"));
+                    key.push(index);
+                    at = Holds::Leaf;
+                }
                 Holds::Object(name) => {
                     if !field.is_empty() {
                         field.push('.');
@@ -532,6 +735,7 @@ impl Shapes {
             let segment = unescape(raw);
             at = match at {
                 Holds::ListOf(name) => Holds::Object(name),
+                Holds::List => Holds::Leaf,
                 Holds::Object(name) => self
                     .objects
                     .get(&name)
@@ -577,7 +781,7 @@ fn holds(schema: &RefOr<Schema>) -> Holds {
         RefOr::T(Schema::Array(a)) => match &a.items {
             ArrayItems::RefOrSchema(item) => match item.as_ref() {
                 RefOr::Ref(r) => Holds::ListOf(ref_name(&r.ref_location)),
-                _ => Holds::Leaf,
+                _ => Holds::List,
             },
             ArrayItems::False => Holds::Leaf,
         },

@@ -135,6 +135,34 @@ pub struct NewTicket {
     pub phone: PhoneNumber,
     /// The customer's email, when the caller knows it.
     pub email: Option<Email>,
+    /// The customer's name, sent only when the customer is created (not used for lookup).
+    pub name: Option<String>,
     /// 1..=500 messages with distinct ids.
     pub messages: Vec<NewMessage>,
+    /// Optional ticket fields the caller asked for.
+    pub options: TicketOptions,
+}
+
+/// What callers may set beyond the seed's contract; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketOptions {
+    /// The ticket's subject.
+    pub subject: Option<String>,
+    /// Tag names, duplicates removed, in the caller's order.
+    pub tags: Vec<String>,
+    /// One of Gorgias's priority values.
+    pub priority: Option<String>,
+    /// Custom field values, each field id once.
+    pub custom_fields: Vec<CustomField>,
+    /// The caller's own references (at most 4 KiB serialised), returned in the answer's `meta`.
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A value for one of the account's ticket custom fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomField {
+    /// The custom field definition's id.
+    pub id: u64,
+    /// A string, number or boolean.
+    pub value: serde_json::Value,
 }

@@ -14,6 +14,7 @@ mod hostile;
 mod idempotency;
 mod model;
 mod operations;
+mod options;
 mod properties;
 mod replicas;
 mod resilience;

@@ -33,7 +33,8 @@ pub use client::{Auth, ClientSettings, GorgiasClient, RetryPolicy, parse_retry_a
 pub use error::{BuildError, GorgiasError};
 pub use models::{
     Assignee, Attachment, CreateCustomer, CreateTicket, Customer, Id, Message, NewAttachment,
-    NewChannel, NewMessage, Person, PersonRef, PhoneHit, Tag, Ticket, TicketId,
+    NewChannel, NewCustomField, NewMessage, Person, PersonRef, PhoneHit, Tag, TagRef, Ticket,
+    TicketId,
 };
 pub use pacing::{BoxFuture, Budget, BudgetError, Pacer, SharedBudget};
 pub use probe::{

@@ -132,6 +132,37 @@ pub struct CreateTicket<'a> {
     pub external_id: &'a str,
     /// 1 to 500 messages.
     pub messages: Vec<NewMessage<'a>>,
+    /// The subject (at most 998 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    /// Tags, by name (Gorgias creates a tag it does not know yet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<TagRef<'a>>,
+    /// `critical`, `high`, `normal` or `low`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<&'a str>,
+    /// Values of the account's ticket custom fields.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub custom_fields: Vec<NewCustomField<'a>>,
+    /// Free key-value data, returned in the ticket's `meta`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a Map<String, Value>>,
+}
+
+/// A tag named on a new ticket: `{"name": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TagRef<'a> {
+    /// The tag's name (case sensitive).
+    pub name: &'a str,
+}
+
+/// A ticket custom field value on creation: `{"id": <field definition id>, "value": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NewCustomField<'a> {
+    /// The custom field definition's id.
+    pub id: u64,
+    /// Its value (a string, number or boolean).
+    pub value: &'a Value,
 }
 
 /// `POST /api/search` body.

@@ -331,7 +331,6 @@ fn decode(endpoint: &'static str, e: serde_json::Error) -> GorgiasError {
     }
 }
 
-
 /// A non-2xx answer as the client classifies it (429, 5xx, other 4xx with Gorgias's message).
 fn classify(
     endpoint: &'static str,
