@@ -378,7 +378,7 @@ impl Cli {
 }
 
 /// The sandbox's Gorgias target: the simulator's credentials at a placeholder address that
-/// [`crate::sandbox::attach_simulator`] replaces once the simulator is bound.
+/// the sandbox module replaces once the simulator is bound.
 #[cfg(feature = "sandbox")]
 fn sandbox_placeholder() -> Result<(Url, Auth), ConfigError> {
     let url = Url::parse("http://127.0.0.1:1/").unwrap_or_else(|_| unreachable!("a literal URL"));

@@ -335,7 +335,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             code,
-            request_id: crate::http::current_request_id(),
+            request_id: crate::request_id::current_request_id(),
             errors: match self {
                 Self::Invalid(e) => e.errors,
                 _ => Vec::new(),

@@ -12,7 +12,10 @@
 //! Its modules, from the edge inwards (a module imports only those below it):
 //! - [`config`]: every setting, parsed and checked once.
 //! - [`telemetry`]: log setup and PII masking.
-//! - [`app`]: shared state, server build/run, graceful shutdown.
+//! - [`app`]: server build/run around the state, graceful shutdown.
+//! - [`state`]: what every handler reaches (use case, stores, callers, readiness).
+//! - [`callers`]: accepted bearer tokens (as digests) and the caller identity.
+//! - [`request_id`]: the current request's id, for answers built far from the handler.
 //! - [`server`]: the accept loop (header-read timeout, header size limit, graceful drain).
 //! - [`http`]: routes, request context middleware, the `POST /ticket` handler.
 //! - [`error`]: `ApiError` and its problem+json answers; the status table.
@@ -29,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod callers;
 pub mod commands;
 pub mod config;
 pub mod coordination;
@@ -38,7 +42,9 @@ pub mod http;
 pub mod idempotency;
 pub mod metrics;
 pub mod output;
+pub mod request_id;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod ticketing;

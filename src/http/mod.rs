@@ -15,21 +15,12 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::request_id::REQUEST_ID;
+use crate::state::AppState;
 
 /// The request-id header, read from callers and set on every answer.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-tokio::task_local! {
-    /// The id of the request this task is serving, for error bodies built far from the handler.
-    static REQUEST_ID: String;
-}
-
-/// The current request's id, or `""` outside a request.
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
 
 /// The whole router with its middleware; what tests drive with `oneshot` and what we serve.
 pub fn router(state: AppState) -> Router {

@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 
-use crate::app::AppState;
+use crate::callers::Caller;
 use crate::domain::NewTicket;
 use crate::error::ApiError;
-use crate::http::auth::Caller;
 use crate::idempotency::{self, Claim, StoredAnswer};
+use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/ticket", post(create_ticket))
