@@ -134,8 +134,10 @@ impl Priority {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomFieldIn {
-    /// The custom field definition's id (Settings → Ticket fields).
-    #[schema(minimum = 1, example = 12)]
+    /// The custom field definition's id (Settings → Ticket fields), at most 2^53 - 1 (the
+    /// largest integer every JSON parser reads exactly; `format: int64` alone is not enforced by
+    /// validators, and a schemathesis run sent 2^63).
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64, example = 12)]
     id: u64,
     /// A string, number or boolean (the schema admits nothing else, so the value is kept as
     /// JSON and sent as it came).
