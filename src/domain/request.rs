@@ -138,6 +138,7 @@ pub struct CustomFieldIn {
     /// largest integer every JSON parser reads exactly; `format: int64` alone is not enforced by
     /// validators, and a schemathesis run sent 2^63).
     #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64, example = 12)]
+    #[serde(deserialize_with = "whole_number")]
     id: u64,
     /// A string, number or boolean (the schema admits nothing else, so the value is kept as
     /// JSON and sent as it came).
@@ -202,18 +203,20 @@ pub struct AttachmentIn {
     content_type: String,
 }
 
-/// JSON Schema's `integer` includes `1024.0`: a whole float is a whole number.
+/// JSON Schema's `integer` includes `1024.0`: a whole float is a whole number. (Schemathesis
+/// found both the attachment size and the custom field id refused as `1.0` when read as `u64`.)
 fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    n.as_u64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| {
-                    f.fract() == 0.0 && *f >= 0.0 && *f <= limits::ATTACHMENT_SIZE_MAX as f64
-                })
-                .map(|f| f as u64)
-        })
-        .ok_or_else(|| serde::de::Error::custom("not a whole number"))
+    as_whole(&n).ok_or_else(|| serde::de::Error::custom("not a whole number"))
+}
+
+/// `n` as a whole number from 0 to 2^53 - 1, whether written `12` or `12.0`.
+fn as_whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= limits::ATTACHMENT_SIZE_MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// The DTO schemas as the components of a document, with the one rule across two fields that
@@ -394,7 +397,10 @@ fn distinct_custom_fields(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, sup
         .iter()
         .enumerate()
         .filter_map(|(i, f)| {
-            let id = f.get("id").and_then(Value::as_u64)?;
+            let id = match f.get("id")? {
+                Value::Number(n) => as_whole(n)?,
+                _ => return None,
+            };
             (!seen.insert(id)).then(|| {
                 shapes.problem(
                     &format!("/ticket/custom_fields/{i}/id"),
@@ -1010,6 +1016,18 @@ mod tests {
         let max = limits::ATTACHMENT_SIZE_MAX;
         assert!(with("/ticket/messages/0/attachments/0/size", json!(max)).is_ok());
         assert!(with("/ticket/messages/0/attachments/0/size", json!(max + 1)).is_err());
+    }
+
+    #[test]
+    fn a_whole_float_custom_field_id_is_an_id_and_counts_for_uniqueness() {
+        let mut body = example();
+        body["ticket"]["custom_fields"] = json!([{"id": 12.0, "value": "a"}]);
+        let t = NewTicket::parse(&body).unwrap();
+        assert_eq!(t.options.custom_fields[0].id, 12);
+        body["ticket"]["custom_fields"] =
+            json!([{"id": 12, "value": "a"}, {"id": 12.0, "value": "b"}]);
+        let e = NewTicket::parse(&body).unwrap_err();
+        assert_eq!(e.errors[0].field, "ticket.custom_fields[1].id");
     }
 
     #[test]
