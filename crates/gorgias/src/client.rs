@@ -412,15 +412,7 @@ impl GorgiasClient {
         deadline: Instant,
         resend: Resend,
     ) -> Result<Bytes, GorgiasError> {
-        let url = self
-            .base_url
-            .join(path)
-            .map_err(|_| GorgiasError::Rejected {
-                endpoint,
-                status: 0,
-                msg: Some("invalid request path".into()),
-                data: None,
-            })?;
+        let url = endpoint_url(&self.base_url, path, endpoint)?;
         let mut delays = self.retry.delays();
         loop {
             let err = match self
@@ -580,6 +572,21 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, GorgiasError> {
             endpoint: "encode",
             source: e.into(),
         })
+}
+
+/// `path` under the account's base URL; a path that cannot join is our bug, reported as a
+/// refused call rather than a panic.
+pub(crate) fn endpoint_url(
+    base_url: &Url,
+    path: &str,
+    endpoint: &'static str,
+) -> Result<Url, GorgiasError> {
+    base_url.join(path).map_err(|_| GorgiasError::Rejected {
+        endpoint,
+        status: 0,
+        msg: Some("invalid request path".into()),
+        data: None,
+    })
 }
 
 pub(crate) fn transport(endpoint: &'static str, e: reqwest::Error) -> GorgiasError {

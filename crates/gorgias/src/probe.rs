@@ -20,7 +20,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use url::Url;
 
-use crate::client::{Auth, ClientSettings, parse_retry_after, transport};
+use crate::client::{Auth, ClientSettings, endpoint_url, parse_retry_after, transport};
 use crate::error::{BuildError, GorgiasError};
 use crate::models::{ErrorBody, SearchItem, SearchQuery};
 
@@ -258,15 +258,7 @@ impl Probe {
         if self.calls >= PROBE_MAX_CALLS {
             return Err(ProbeError::BudgetSpent);
         }
-        let url = self
-            .base_url
-            .join(path)
-            .map_err(|_| GorgiasError::Rejected {
-                endpoint,
-                status: 0,
-                msg: Some("invalid request path".into()),
-                data: None,
-            })?;
+        let url = endpoint_url(&self.base_url, path, endpoint)?;
         let mut req = self
             .http
             .request(method, url)
