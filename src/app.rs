@@ -98,6 +98,7 @@ impl Application {
                 }
             });
         }
+        let tasks = self.state.tasks.clone();
         let app = crate::http::router(self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -105,7 +106,13 @@ impl Application {
             tracing::info!("shutting down: no new connections, draining in-flight requests");
             let _ = stopping_tx.send(());
         };
-        let serve = crate::server::serve(self.listener, app, signal, self.conn_limits);
+        let serve = async move {
+            crate::server::serve(self.listener, app, signal, self.conn_limits).await?;
+            // Work whose caller hung up still runs; the drain waits for it too.
+            tasks.close();
+            tasks.wait().await;
+            Ok::<_, std::io::Error>(())
+        };
         tokio::pin!(serve);
         let drain = self.drain;
         tokio::select! {

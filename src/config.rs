@@ -62,6 +62,7 @@ impl Config {
                 attempt_timeout: Duration::from_secs(10),
                 retry: RetryPolicy::default(),
                 rate_limit,
+                replicas: 1,
             },
             ticketing: TicketingSettings::default(),
             body_limit: 2 * 1024 * 1024,
@@ -146,6 +147,11 @@ pub struct Cli {
     /// Client-side pacing, `CALLS/SECONDSs` (e.g. `40/20s`) or `off`.
     #[arg(long, env = "GORGIAS_RATE_LIMIT")]
     pub gorgias_rate_limit: Option<String>,
+    /// Replicas calling the same Gorgias account. Without Redis, or while it is unreachable,
+    /// each paces at 1/N of the account's budget (with Redis, at least the number of
+    /// replicas it last saw), so N replicas never spend N times the limit.
+    #[arg(long, env = "GORGIAS_REPLICAS", default_value_t = 1)]
+    pub gorgias_replicas: u32,
     /// Longest single Gorgias call, in milliseconds.
     #[arg(long, env = "GORGIAS_TIMEOUT_MS", default_value_t = 10_000)]
     pub gorgias_timeout_ms: u64,
@@ -249,6 +255,10 @@ impl Cli {
         if let Some(spec) = &self.gorgias_rate_limit {
             config.gorgias.rate_limit = parse_rate_limit(spec)?;
         }
+        if self.gorgias_replicas == 0 {
+            return Err(invalid("GORGIAS_REPLICAS", "must be 1 or more"));
+        }
+        config.gorgias.replicas = self.gorgias_replicas;
         config.body_limit = self.body_limit_bytes;
         if config.body_limit == 0 {
             return Err(invalid("BODY_LIMIT_BYTES", "must be more than 0"));

@@ -10,34 +10,71 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use gorgias::{BoxFuture, Budget, BudgetError, Customer, SharedBudget};
+use gorgias::{BoxFuture, Budget, BudgetError, Customer, Grant, SharedBudget};
 
 /// Redis key prefix, so the service can share a Redis with others.
 const PREFIX: &str = "gorgias-proxy:";
 
 /// GCRA over Redis's own clock, so replicas with skewed clocks still share one budget.
-/// ARGV: period ms, burst tolerance ms, cost, force (1 = take even if it means waiting; used to
-/// charge calls Gorgias counted but we did not). Returns 0 when allowed, else ms to wait.
+/// KEYS: the GCRA state, the 429 pause, the usage-feedback record, the set of live replicas.
+/// ARGV: period ms, burst tolerance ms, mode, replica id, and per mode:
+/// - `take`: take one call unless paused or none is free. Returns `{wait_ms, replicas}`
+///   (`wait_ms` 0 when taken); `replicas` counts the processes that asked in the last 30 s.
+/// - `excess N WINDOW_MS`: the account is N calls beyond our share; charge what this window has
+///   not been charged yet (every answer of a window reports the same usage).
+/// - `pause MS`: no call for MS (a 429's `Retry-After`), unless a longer pause is set.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local period = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + period * cost
-local wait = new_tat - tau - now
-if wait > 0 and ARGV[4] ~= '1' then return math.ceil(wait) end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now + tau)))
-return 0
+local mode = ARGV[3]
+local function charge(cost, force)
+  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + period * cost
+  local wait = new_tat - tau - now
+  if wait > 0 and not force then return math.ceil(wait) end
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now + tau)))
+  return 0
+end
+if mode == 'take' then
+  redis.call('ZADD', KEYS[4], now, ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 30000)
+  redis.call('PEXPIRE', KEYS[4], 60000)
+  local replicas = redis.call('ZCARD', KEYS[4])
+  local paused = redis.call('PTTL', KEYS[2])
+  if paused > 0 then return {paused, replicas} end
+  return {charge(1, false), replicas}
+elseif mode == 'excess' then
+  local excess = tonumber(ARGV[5])
+  local prev = tonumber(redis.call('GET', KEYS[3]) or 0)
+  if excess <= prev then return 0 end
+  charge(excess - prev, true)
+  if prev == 0 then
+    redis.call('SET', KEYS[3], excess, 'PX', ARGV[6])
+  else
+    redis.call('SET', KEYS[3], excess, 'KEEPTTL')
+  end
+  return excess - prev
+elseif mode == 'pause' then
+  local ms = tonumber(ARGV[5])
+  if redis.call('PTTL', KEYS[2]) < ms then
+    redis.call('SET', KEYS[2], '1', 'PX', ms)
+  end
+  return 0
+end
+return redis.error_reply('unknown mode')
 ";
 
 /// The account's call budget shared by every replica.
 #[derive(Clone)]
 pub struct SharedLimiter {
     conn: ConnectionManager,
-    key: String,
+    /// `gcra`, `pause`, `feedback`, `replicas` keys, in the script's order.
+    keys: [String; 4],
+    /// This process, in the set of live replicas.
+    replica: String,
     period_ms: f64,
     tau_ms: f64,
     script: redis::Script,
@@ -48,7 +85,7 @@ impl std::fmt::Debug for SharedLimiter {
         write!(
             f,
             "SharedLimiter({} every {:.1} ms)",
-            self.key, self.period_ms
+            self.keys[0], self.period_ms
         )
     }
 }
@@ -61,50 +98,92 @@ impl SharedLimiter {
         let period_ms = window.as_secs_f64() * 1e3 / f64::from(allowed.max(1));
         Self {
             conn,
-            key: format!("{PREFIX}gcra:{account}"),
+            keys: ["gcra", "pause", "feedback", "replicas"]
+                .map(|k| format!("{PREFIX}{k}:{account}")),
+            replica: uuid::Uuid::new_v4().to_string(),
             period_ms,
+            // Burst tolerance: the whole budget at once, as the in-process limiter allows.
             tau_ms: period_ms * f64::from(allowed.max(1)),
             script: redis::Script::new(GCRA),
         }
     }
 
-    /// Takes one call, or says how long to wait for it.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn try_take(&self) -> Result<Option<Duration>, redis::RedisError> {
-        let wait: u64 = self.run(1, false).await?;
-        Ok((wait > 0).then(|| Duration::from_millis(wait)))
-    }
-
-    /// Charges `calls` that Gorgias counted beyond ours.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn charge(&self, calls: u32) -> Result<(), redis::RedisError> {
-        self.run(calls, true).await.map(|_: u64| ())
-    }
-
-    async fn run(&self, cost: u32, force: bool) -> Result<u64, redis::RedisError> {
-        let mut conn = self.conn.clone();
-        self.script
-            .key(&self.key)
-            .arg(self.period_ms)
+    fn invocation(&self, mode: &str) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.script.prepare_invoke();
+        for key in &self.keys {
+            inv.key(key);
+        }
+        inv.arg(self.period_ms)
             .arg(self.tau_ms)
-            .arg(cost)
-            .arg(if force { "1" } else { "0" })
-            .invoke_async(&mut conn)
+            .arg(mode)
+            .arg(&self.replica);
+        inv
+    }
+
+    /// Takes one call, or says how long to wait for it; with the replicas seen lately.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn try_take(&self) -> Result<Grant, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let (wait, replicas): (u64, u32) = self.invocation("take").invoke_async(&mut conn).await?;
+        Ok(Grant {
+            wait: (wait > 0).then(|| Duration::from_millis(wait)),
+            processes: replicas,
+        })
+    }
+
+    /// Charges the part of `excess` this window has not been charged yet.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn observe_excess(
+        &self,
+        excess: u32,
+        window: Duration,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        self.invocation("excess")
+            .arg(excess)
+            .arg(millis(window))
+            .invoke_async::<i64>(&mut conn)
             .await
+            .map(|_| ())
+    }
+
+    /// Pauses every replica for `pause`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn pause(&self, pause: Duration) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        self.invocation("pause")
+            .arg(millis(pause))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 impl SharedBudget for SharedLimiter {
-    fn try_take(&self) -> BoxFuture<'_, Result<Option<Duration>, BudgetError>> {
+    fn try_take(&self) -> BoxFuture<'_, Result<Grant, BudgetError>> {
         Box::pin(async move { Ok(SharedLimiter::try_take(self).await?) })
     }
 
-    fn charge(&self, calls: u32) -> BoxFuture<'_, Result<(), BudgetError>> {
-        Box::pin(async move { Ok(SharedLimiter::charge(self, calls).await?) })
+    fn observe_excess(
+        &self,
+        excess: u32,
+        window: Duration,
+    ) -> BoxFuture<'_, Result<(), BudgetError>> {
+        Box::pin(async move { Ok(SharedLimiter::observe_excess(self, excess, window).await?) })
+    }
+
+    fn pause(&self, pause: Duration) -> BoxFuture<'_, Result<(), BudgetError>> {
+        Box::pin(async move { Ok(SharedLimiter::pause(self, pause).await?) })
     }
 }
 

@@ -91,6 +91,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<FieldError>)]
     pub errors: Vec<FieldError>,
+    /// For `ticket_outcome_unknown`: the `external_id` the ticket carries if it was created,
+    /// to look it up in Gorgias (`GET /api/tickets?external_id=`). With an `Idempotency-Key`,
+    /// retrying the request does that for you.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// The `Content-Type` of every error answer.
@@ -166,6 +171,11 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY,
                 "upstream_invalid_response",
                 "Gorgias answered something unreadable",
+            ),
+            Self::Upstream(TicketingError::OutcomeUnknown { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ticket_outcome_unknown",
+                "Ticket outcome unknown",
             ),
             Self::Upstream(TicketingError::Gorgias(g)) => match g {
                 G::Rejected {
@@ -266,6 +276,12 @@ impl ApiError {
             Self::Upstream(TicketingError::Mapping(_)) => {
                 "Gorgias answered something that is not a ticket".into()
             }
+            Self::Upstream(TicketingError::OutcomeUnknown { .. }) => {
+                "the ticket create was sent but its answer was lost, and Gorgias could not be \
+                 asked in time whether it exists; it may. Retry with the same Idempotency-Key \
+                 (the retry finds it), or look it up by external_id"
+                    .into()
+            }
             Self::Invalid(e) => format!(
                 "the request body has {} problem(s); see errors",
                 e.errors.len()
@@ -285,6 +301,7 @@ impl ApiError {
                 GorgiasError::Unreachable { .. } => Some(Duration::from_secs(1)),
                 _ => None,
             },
+            Self::Upstream(TicketingError::OutcomeUnknown { .. }) => Some(Duration::from_secs(2)),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
             Self::StoreUnavailable | Self::Overloaded => Some(Duration::from_secs(1)),
             _ => None,
@@ -329,6 +346,12 @@ impl IntoResponse for ApiError {
             tracing::info!(code, status = status.as_u16(), "request refused");
         }
         let retry_after = self.retry_after();
+        let external_id = match &self {
+            Self::Upstream(TicketingError::OutcomeUnknown { external_id, .. }) => {
+                Some(external_id.clone())
+            }
+            _ => None,
+        };
         let problem = Problem {
             kind: format!("urn:gorgias-proxy:problem:{code}"),
             title,
@@ -340,6 +363,7 @@ impl IntoResponse for ApiError {
                 Self::Invalid(e) => e.errors,
                 _ => Vec::new(),
             },
+            external_id,
         };
         let mut resp = (status, Json(problem)).into_response();
         resp.headers_mut()

@@ -4,6 +4,12 @@
 //! Two stores with one behaviour: in memory (one replica) or Redis (`REDIS_URL`, any replica can
 //! replay any key). A key is first *claimed* (in flight), then either *completed* with a final
 //! answer (201, or a 4xx that will not change) or *released* (5xx, 503: the caller may retry).
+//!
+//! A claim is a **lease**: the work holding it renews it every third of [`LEASE`]; when the work
+//! is gone (a panic, a crash, a killed replica) the lease lapses within seconds and the next
+//! retry takes the key over. The key itself is kept for its whole TTL whatever happens to the
+//! lease, so it remembers that a create was attempted: every later claim of a key that was not
+//! completed looks the ticket up by `external_id` before creating one.
 
 use std::time::Duration;
 
@@ -28,8 +34,13 @@ pub struct StoredAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Record {
-    /// Claimed by a request still running; `token` identifies the claim.
-    InFlight { fingerprint: String, token: String },
+    /// Claimed by a request whose work renews the lease until `lease_until` (Unix ms, on the
+    /// store's clock); `token` identifies the claim. Past it, the work is presumed dead.
+    InFlight {
+        fingerprint: String,
+        token: String,
+        lease_until: u64,
+    },
     /// Finished; replay `answer` to the same request.
     Done {
         fingerprint: String,
@@ -49,7 +60,9 @@ impl Record {
         const OVERHEAD: usize = 128;
         OVERHEAD
             + match self {
-                Self::InFlight { fingerprint, token } => fingerprint.len() + token.len(),
+                Self::InFlight {
+                    fingerprint, token, ..
+                } => fingerprint.len() + token.len(),
                 Self::Done {
                     fingerprint,
                     answer,
@@ -97,9 +110,19 @@ pub struct ClaimToken {
 #[error("the idempotency store is unavailable")]
 pub struct StoreError(#[source] pub redis::RedisError);
 
-/// Where keys live.
+/// How long a claim lives without renewal: the time a dead request's key stays answered 409
+/// before a retry may take it over.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Where keys live, and how long a lease lasts.
 #[derive(Clone)]
-pub enum IdempotencyStore {
+pub struct IdempotencyStore {
+    backend: Backend,
+    lease: Duration,
+}
+
+#[derive(Clone)]
+enum Backend {
     /// This process's memory (bounded, with TTL).
     Memory(Cache<String, Record>),
     /// Shared Redis.
@@ -108,19 +131,70 @@ pub enum IdempotencyStore {
         conn: ConnectionManager,
         /// How long a key is remembered.
         ttl: Duration,
-        /// How long an in-flight claim lives if its owner dies before finishing.
-        claim_ttl: Duration,
     },
 }
 
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Memory(_) => "IdempotencyStore::Memory",
-            Self::Redis { .. } => "IdempotencyStore::Redis",
+        f.write_str(match self.backend {
+            Backend::Memory(_) => "IdempotencyStore::Memory",
+            Backend::Redis { .. } => "IdempotencyStore::Redis",
         })
     }
 }
+
+/// Now, in Unix milliseconds (the memory store's lease clock; Redis uses its own).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Claims `KEYS[1]`: a free key, a failed attempt of the same body, or an in-flight claim of
+/// the same body whose lease lapsed. The key keeps its whole TTL. ARGV: fingerprint, token,
+/// lease ms, TTL ms. Returns `acquired`, `reconcile`, or the record that stands.
+const CLAIM: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+local outcome = 'acquired'
+if v then
+  local ok, r = pcall(cjson.decode, v)
+  if not ok or type(r) ~= 'table' or r.fingerprint ~= ARGV[1] then return v end
+  local lapsed = r.state == 'in_flight' and tonumber(r.lease_until or 0) < now
+  if r.state ~= 'failed' and not lapsed then return v end
+  outcome = 'reconcile'
+end
+local rec = '{"state":"in_flight","fingerprint":' .. cjson.encode(ARGV[1]) .. ',"token":' ..
+  cjson.encode(ARGV[2]) .. ',"lease_until":' .. string.format('%d', now + tonumber(ARGV[3])) .. '}'
+redis.call('SET', KEYS[1], rec, 'PX', ARGV[4])
+return outcome
+"#;
+
+/// Renews the lease of `KEYS[1]` when it is still the claim `ARGV[1]`; keeps the key's TTL.
+/// ARGV: token, lease ms. Returns 1 when renewed, 0 when the claim is no longer ours.
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, r = pcall(cjson.decode, v)
+if not ok or type(r) ~= 'table' or r.state ~= 'in_flight' or r.token ~= ARGV[1] then return 0 end
+local rec = '{"state":"in_flight","fingerprint":' .. cjson.encode(r.fingerprint) .. ',"token":' ..
+  cjson.encode(r.token) .. ',"lease_until":' .. string.format('%d', now + tonumber(ARGV[2])) .. '}'
+redis.call('SET', KEYS[1], rec, 'KEEPTTL')
+return 1
+"#;
+
+/// Marks `KEYS[1]` failed when it is still the claim `ARGV[1]`. ARGV: token, record, TTL ms.
+const RELEASE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, r = pcall(cjson.decode, v)
+if not ok or type(r) ~= 'table' or r.state ~= 'in_flight' or r.token ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
 
 /// Redis key prefix, so the service can share a Redis with others.
 const PREFIX: &str = "gorgias-proxy:idem:";
@@ -136,24 +210,41 @@ impl IdempotencyStore {
     /// useful records are evicted (a caller's retry then runs again and reconciles by
     /// `external_id`).
     pub fn memory_with_budget(ttl: Duration, budget: u64) -> Self {
-        Self::Memory(
-            Cache::builder()
-                .weigher(|key: &String, record: &Record| {
-                    u32::try_from(key.len() + record.weight()).unwrap_or(u32::MAX)
-                })
-                .max_capacity(budget)
-                .time_to_live(ttl)
-                .build(),
-        )
+        Self {
+            backend: Backend::Memory(
+                Cache::builder()
+                    .weigher(|key: &String, record: &Record| {
+                        u32::try_from(key.len() + record.weight()).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(budget)
+                    .time_to_live(ttl)
+                    .build(),
+            ),
+            lease: LEASE,
+        }
     }
 
-    /// A Redis store. `claim_ttl` should exceed the request deadline.
-    pub fn redis(conn: ConnectionManager, ttl: Duration, claim_ttl: Duration) -> Self {
-        Self::Redis {
-            conn,
-            ttl,
-            claim_ttl,
+    /// A Redis store remembering keys for `ttl`.
+    pub fn redis(conn: ConnectionManager, ttl: Duration) -> Self {
+        Self {
+            backend: Backend::Redis { conn, ttl },
+            lease: LEASE,
         }
+    }
+
+    /// The same store with another lease length (tests shorten it).
+    #[must_use]
+    pub fn with_lease(self, lease: Duration) -> Self {
+        Self {
+            lease: lease.max(Duration::from_millis(100)),
+            ..self
+        }
+    }
+
+    /// How often a claim's work renews its lease: three times per lease, so two renewals may
+    /// fail (a slow Redis) before the lease lapses under live work.
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
     }
 
     /// Claims `key` for a request whose body has `fingerprint`.
@@ -162,13 +253,15 @@ impl IdempotencyStore {
     /// When Redis cannot be reached.
     pub async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
-        let mine = Record::InFlight {
-            fingerprint: fingerprint.to_owned(),
-            token: token.clone(),
-        };
         let mut reconcile_first = false;
-        let existing = match self {
-            Self::Memory(cache) => {
+        let existing = match &self.backend {
+            Backend::Memory(cache) => {
+                let now = unix_ms();
+                let mine = Record::InFlight {
+                    fingerprint: fingerprint.to_owned(),
+                    token: token.clone(),
+                    lease_until: now.saturating_add(millis(self.lease)),
+                };
                 let mut found = None;
                 cache
                     .entry(key.to_owned())
@@ -177,6 +270,14 @@ impl IdempotencyStore {
                         let op = match current.map(moka::Entry::into_value) {
                             None => Op::Put(mine),
                             Some(Record::Failed { fingerprint: f }) if f == fingerprint => {
+                                reconcile_first = true;
+                                Op::Put(mine)
+                            }
+                            Some(Record::InFlight {
+                                fingerprint: f,
+                                lease_until,
+                                ..
+                            }) if f == fingerprint && lease_until < now => {
                                 reconcile_first = true;
                                 Op::Put(mine)
                             }
@@ -190,29 +291,17 @@ impl IdempotencyStore {
                     .await;
                 found
             }
-            Self::Redis {
-                conn, claim_ttl, ..
-            } => {
+            Backend::Redis { conn, ttl } => {
                 let mut conn = conn.clone();
-                let json = serde_json::to_string(&mine).unwrap_or_default();
-                // One atomic step: take a free key, or a failed one for the same body.
-                let outcome: String = redis::Script::new(
-                    r#"local v = redis.call('GET', KEYS[1])
-                       if (not v) or (string.find(v, '"state":"failed"', 1, true)
-                                      and string.find(v, ARGV[3], 1, true)) then
-                         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-                         if v then return 'reconcile' end
-                         return 'acquired'
-                       end
-                       return v"#,
-                )
-                .key(format!("{PREFIX}{key}"))
-                .arg(json)
-                .arg(millis(*claim_ttl))
-                .arg(fingerprint)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(StoreError)?;
+                let outcome: String = redis::Script::new(CLAIM)
+                    .key(format!("{PREFIX}{key}"))
+                    .arg(fingerprint)
+                    .arg(&token)
+                    .arg(millis(self.lease))
+                    .arg(millis(*ttl))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(StoreError)?;
                 match outcome.as_str() {
                     "acquired" => None,
                     "reconcile" => {
@@ -242,6 +331,69 @@ impl IdempotencyStore {
         })
     }
 
+    /// Renews the claim's lease.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached. `Ok(false)` when the claim is no longer ours (its lease
+    /// lapsed and another request took the key over).
+    pub async fn renew(&self, claim: &ClaimToken) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Memory(cache) => {
+                let lease_until = unix_ms().saturating_add(millis(self.lease));
+                let mut renewed = false;
+                cache
+                    .entry(claim.key.clone())
+                    .and_compute_with(|current| {
+                        let op = match current.map(moka::Entry::into_value) {
+                            Some(Record::InFlight {
+                                fingerprint, token, ..
+                            }) if token == claim.token => {
+                                renewed = true;
+                                Op::Put(Record::InFlight {
+                                    fingerprint,
+                                    token,
+                                    lease_until,
+                                })
+                            }
+                            _ => Op::Nop,
+                        };
+                        std::future::ready(op)
+                    })
+                    .await;
+                Ok(renewed)
+            }
+            Backend::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                redis::Script::new(RENEW)
+                    .key(format!("{PREFIX}{}", claim.key))
+                    .arg(&claim.token)
+                    .arg(millis(self.lease))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map(|n| n == 1)
+                    .map_err(StoreError)
+            }
+        }
+    }
+
+    /// Renews the claim's lease for as long as it is polled: run it alongside the claim's
+    /// work, so the lease lives exactly as long as the work does. Never completes.
+    pub async fn keep_alive(&self, claim: &ClaimToken) {
+        let mut tick = tokio::time::interval(self.renew_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.renew(claim).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "an idempotency claim was taken over while its work was still running"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not renew an idempotency claim"),
+            }
+        }
+    }
+
     /// Stores the final answer under the claimed key.
     ///
     /// # Errors
@@ -255,12 +407,12 @@ impl IdempotencyStore {
             fingerprint: claim.fingerprint,
             answer,
         };
-        match self {
-            Self::Memory(cache) => {
+        match &self.backend {
+            Backend::Memory(cache) => {
                 cache.insert(claim.key, done).await;
                 Ok(())
             }
-            Self::Redis { conn, ttl, .. } => {
+            Backend::Redis { conn, ttl } => {
                 let mut conn = conn.clone();
                 let json = serde_json::to_string(&done).unwrap_or_default();
                 redis::cmd("SET")
@@ -284,8 +436,8 @@ impl IdempotencyStore {
         let failed = Record::Failed {
             fingerprint: claim.fingerprint.clone(),
         };
-        match self {
-            Self::Memory(cache) => {
+        match &self.backend {
+            Backend::Memory(cache) => {
                 // Only our own claim: a finished answer stored meanwhile is kept.
                 cache
                     .entry(claim.key.clone())
@@ -301,17 +453,9 @@ impl IdempotencyStore {
                     .await;
                 Ok(())
             }
-            Self::Redis { conn, ttl, .. } => {
+            Backend::Redis { conn, ttl } => {
                 let mut conn = conn.clone();
-                let script = redis::Script::new(
-                    r#"local v = redis.call('GET', KEYS[1])
-                      if v and string.find(v, ARGV[1], 1, true) and string.find(v, '"in_flight"', 1, true) then
-                        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-                        return 1
-                      end
-                      return 0"#,
-                );
-                script
+                redis::Script::new(RELEASE)
                     .key(format!("{PREFIX}{}", claim.key))
                     .arg(claim.token)
                     .arg(serde_json::to_string(&failed).unwrap_or_default())
@@ -439,7 +583,7 @@ mod tests {
             };
             store.complete(token, answer).await.unwrap();
         }
-        let IdempotencyStore::Memory(cache) = &store else {
+        let Backend::Memory(cache) = &store.backend else {
             unreachable!()
         };
         cache.run_pending_tasks().await;
@@ -449,5 +593,35 @@ mod tests {
             cache.weighted_size()
         );
         assert!(cache.entry_count() <= 16, "{}", cache.entry_count());
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_is_not_renewed_lapses_and_the_retry_reconciles() {
+        let store = IdempotencyStore::memory(Duration::from_secs(60))
+            .with_lease(Duration::from_millis(200));
+        let Claim::Acquired(first) = store.claim("k", "f").await.unwrap() else {
+            panic!("a fresh key is ours");
+        };
+        assert_eq!(store.claim("k", "f").await.unwrap(), Claim::InProgress);
+        // The work renews while it runs: the key stays in progress past one lease.
+        let renewing = {
+            let (store, first) = (store.clone(), first.clone());
+            tokio::spawn(async move { store.keep_alive(&first).await })
+        };
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(store.claim("k", "f").await.unwrap(), Claim::InProgress);
+        // The work dies (no more renewals): within a lease the key can be taken over, and the
+        // new claim knows a create may have happened.
+        renewing.abort();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.claim("k", "other").await.unwrap(), Claim::Mismatch);
+        let Claim::Acquired(second) = store.claim("k", "f").await.unwrap() else {
+            panic!("a lapsed lease can be taken over");
+        };
+        assert!(second.reconcile_first);
+        // The dead claim can no longer renew or release what is now the second's.
+        assert!(!store.renew(&first).await.unwrap());
+        store.release(first).await.unwrap();
+        assert_eq!(store.claim("k", "f").await.unwrap(), Claim::InProgress);
     }
 }

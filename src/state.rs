@@ -52,6 +52,9 @@ pub struct Shared {
     pub max_in_flight: usize,
     /// Deployment-specific value rules (the phone region).
     pub rules: crate::domain::request::Rules,
+    /// The requests' work, run apart from their handlers (a caller hanging up does not cancel
+    /// it) and awaited by the shutdown drain.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -81,10 +84,7 @@ impl AppState {
                     config.ticketing.customer_cache_ttl,
                     config.gorgias.base_url.as_str(),
                 ));
-                // An in-flight claim outlives the request's deadline, so only a dead replica's
-                // claim ever expires on its own.
-                let claim_ttl = config.request_deadline + Duration::from_secs(30);
-                IdempotencyStore::redis(conn, config.idempotency_ttl, claim_ttl)
+                IdempotencyStore::redis(conn, config.idempotency_ttl)
             }
             None => IdempotencyStore::memory(config.idempotency_ttl),
         };
@@ -100,6 +100,7 @@ impl AppState {
             metrics_on_main: config.metrics_listen.is_none(),
             max_in_flight: config.max_concurrent_requests,
             rules: config.rules,
+            tasks: tokio_util::task::TaskTracker::new(),
         })))
     }
 }
@@ -122,11 +123,22 @@ impl Readiness {
         }
     }
 
-    /// Ready when an authenticated Gorgias call succeeds (at most one call per TTL).
+    /// Ready when an authenticated Gorgias call succeeds (at most one call per TTL). A probe
+    /// spends nothing from the account's budget while the service is busy: any call that
+    /// succeeded within the TTL already proves it ready, and while calls wait for the budget
+    /// the last verdict stands (a probe must not take a call from a caller, nor make every
+    /// replica unready together at peak).
     ///
     /// # Errors
     /// `NotReady` with the reason.
     pub async fn check(&self, ticketing: &Ticketing) -> Result<(), ApiError> {
+        let client = ticketing.client();
+        if client
+            .last_success()
+            .is_some_and(|at| at.elapsed() < self.ttl)
+        {
+            return Ok(());
+        }
         // The lock is held across the call on purpose: concurrent probes share one check.
         let mut last = self.last.lock().await;
         if let Some((at, verdict)) = last.as_ref()
@@ -134,8 +146,14 @@ impl Readiness {
         {
             return verdict.clone().map_err(ApiError::NotReady);
         }
+        if client.pacer().is_busy() {
+            return match last.as_ref() {
+                Some((_, verdict)) => verdict.clone().map_err(ApiError::NotReady),
+                None => Ok(()),
+            };
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
-        let verdict = match ticketing.client().assignment_channels(deadline).await {
+        let verdict = match client.assignment_channels(deadline).await {
             Ok(_) => Ok(()),
             Err(GorgiasError::Rejected {
                 status: status @ (401 | 403),

@@ -94,6 +94,16 @@ pub enum TicketingError {
     /// Gorgias answered with something that is not a ticket.
     #[error("Gorgias answered with something that is not a ticket: {0}")]
     Mapping(#[from] MappingError),
+    /// A create was sent, its answer was lost, and no lookup settled whether the ticket exists
+    /// before the deadline. The ticket carries `external_id`, so the caller can reconcile
+    /// (with an `Idempotency-Key`, its retry does).
+    #[error("the ticket create's outcome is unknown: {source}")]
+    OutcomeUnknown {
+        /// The ticket's `external_id`.
+        external_id: String,
+        /// The last failure.
+        source: GorgiasError,
+    },
 }
 
 /// The use case and its caches; one per process, cheap to clone.
@@ -168,28 +178,43 @@ impl Ticketing {
 
     /// Creates the ticket; after an ambiguous failure (timeout, lost connection, 5xx) looks it
     /// up by `external_id` and answers with the one that exists rather than creating a twin.
+    /// Once a create's outcome is unknown, any failure to settle it is
+    /// [`TicketingError::OutcomeUnknown`]: the caller must not be told the ticket failed.
     async fn create_once(
         &self,
         body: &CreateTicket<'_>,
         deadline: Instant,
-    ) -> Result<gorgias::Ticket, GorgiasError> {
+    ) -> Result<gorgias::Ticket, TicketingError> {
+        let unknown = |source: GorgiasError| TicketingError::OutcomeUnknown {
+            external_id: body.external_id.to_owned(),
+            source,
+        };
         let mut delays = self.client.retry_delays();
         let mut tries = 0;
+        let mut ambiguous = false;
         loop {
             tries += 1;
             let err = match self.client.create_ticket(body, deadline).await {
                 Ok(t) => return Ok(t),
                 Err(e) if e.is_ambiguous() => e,
-                Err(e) => return Err(e),
+                Err(e) if ambiguous => return Err(unknown(e)),
+                Err(e) => return Err(e.into()),
             };
+            ambiguous = true;
             tracing::warn!(error = %err, "ticket create outcome unknown; reconciling by external_id");
-            if let Some(found) = self.find_ticket(body.external_id, deadline).await? {
-                crate::metrics::reconciled();
-                return Ok(found);
+            match self.find_ticket(body.external_id, deadline).await {
+                Ok(Some(found)) => {
+                    crate::metrics::reconciled();
+                    return Ok(found);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(unknown(e)),
             }
             let wait = delays.next().unwrap_or(Duration::from_millis(200));
             if tries >= MAX_CREATE_TRIES || Instant::now() + wait >= deadline {
-                return Err(err);
+                // Not found, and no time to try again. A create that timed out may still be in
+                // Gorgias's hands when we looked, so "not found" does not prove it never lands.
+                return Err(unknown(err));
             }
             tokio::time::sleep(wait).await;
         }

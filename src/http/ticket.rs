@@ -46,7 +46,15 @@ async fn create_ticket(
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
         let external_id = uuid::Uuid::new_v4().to_string();
-        return create(&state, parsed, &external_id, false).await;
+        let work = {
+            let state = state.clone();
+            async move {
+                create(&state, parsed, &external_id, false)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+        };
+        return detached(&state, work).await;
     };
     let key = key
         .to_str()
@@ -58,11 +66,11 @@ async fn create_ticket(
     // Keys are scoped by caller: two services choosing the same key never share a record,
     // nor a ticket.
     let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
-    let key = &format!("{}:{key}", caller.as_str());
+    let key = format!("{}:{key}", caller.as_str());
     let fingerprint = idempotency::fingerprint_parsed(parsed.as_ref().ok(), &body);
     let claim = state
         .idempotency
-        .claim(key, &fingerprint)
+        .claim(&key, &fingerprint)
         .await
         .map_err(|_| ApiError::StoreUnavailable)?;
     let token = match claim {
@@ -74,19 +82,64 @@ async fn create_ticket(
         Claim::InProgress => return Err(ApiError::IdempotencyInProgress),
         Claim::Mismatch => return Err(ApiError::IdempotencyMismatch),
     };
-    let external_id = idempotency::external_id(key, &fingerprint);
-    let reconcile_first = token.reconcile_first;
-    let resp = create(&state, parsed, &external_id, reconcile_first)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let external_id = idempotency::external_id(&key, &fingerprint);
+    let work = {
+        let state = state.clone();
+        async move {
+            let reconcile_first = token.reconcile_first;
+            // The lease lives exactly as long as the work: renewed alongside it, gone with it.
+            let resp = tokio::select! {
+                r = create(&state, parsed, &external_id, reconcile_first) => {
+                    r.unwrap_or_else(IntoResponse::into_response)
+                }
+                () = state.idempotency.keep_alive(&token) => {
+                    unreachable!("keep_alive never completes")
+                }
+            };
+            settle(&state, token, resp).await
+        }
+    };
+    detached(&state, work).await
+}
+
+/// Runs a request's work in a task of its own, tracked for the shutdown drain: a caller that
+/// hangs up (its timeout, a proxy's) drops this handler, but not the work. The ticket is still
+/// made once, and with a key its answer is stored for the caller's retry; without one, the
+/// customer and ticket calls are not left half done.
+async fn detached(
+    state: &AppState,
+    work: impl Future<Output = Response> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let request_id = crate::request_id::current_request_id();
+    let span = tracing::Span::current();
+    let task = state.tasks.spawn(
+        crate::request_id::REQUEST_ID
+            .scope(request_id, tracing::Instrument::instrument(work, span)),
+    );
+    task.await.map_err(|e| {
+        tracing::error!(panicked = e.is_panic(), "the request's work did not finish");
+        ApiError::Internal
+    })
+}
+
+/// Records the work's answer under its key: a final one (201, or a 4xx the same body will
+/// always get) is stored for replay; anything else marks the key failed, so the caller's retry
+/// runs again and looks the ticket up by `external_id` first.
+async fn settle(state: &AppState, token: idempotency::ClaimToken, resp: Response) -> Response {
     let status = resp.status();
-    // Final answers only: a 201, or a 4xx the same body will always get. A 5xx or 503 leaves
-    // the key free so the caller's retry runs again (and finds the ticket by external_id).
     if status == StatusCode::CREATED || status.is_client_error() {
         let (parts, body) = resp.into_parts();
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|_| ApiError::Internal)?;
+        // Our own answer, already in memory: reading it cannot fail.
+        let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+            return ApiError::Internal.into_response();
+        };
+        if bytes.len() > MAX_STORED_ANSWER {
+            // Not kept: the retry runs again and finds this very ticket by `external_id`.
+            if let Err(e) = state.idempotency.release(token).await {
+                tracing::warn!(error = %e, "could not release the idempotency key");
+            }
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
         let answer = StoredAnswer {
             status: status.as_u16(),
             content_type: parts
@@ -100,13 +153,18 @@ async fn create_ticket(
         if let Err(e) = state.idempotency.complete(token, answer).await {
             tracing::warn!(error = %e, "could not store the idempotent answer");
         }
-        return Ok(Response::from_parts(parts, axum::body::Body::from(bytes)));
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
     }
     if let Err(e) = state.idempotency.release(token).await {
         tracing::warn!(error = %e, "could not release the idempotency key");
     }
-    Ok(resp)
+    resp
 }
+
+/// Largest answer stored for replay. Problem answers are bounded at 64 KiB; a ticket's answer
+/// by the request body limit (its messages come from it) plus Gorgias's fields, so this only
+/// guards against a body limit raised far beyond the default.
+const MAX_STORED_ANSWER: usize = 8 * 1024 * 1024;
 
 fn replay(answer: StoredAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);

@@ -114,6 +114,57 @@ async fn readyz_follows_whether_gorgias_accepts_our_credentials() {
     assert_eq!(readyz().await.unwrap().status(), 200);
 }
 
+#[tokio::test]
+async fn readyz_spends_nothing_from_the_budget_while_the_service_is_busy() {
+    // One call per minute: the warm-up takes it, then a ticket waits in the limiter.
+    let app = spawn_app_with(sim_config(), |c| {
+        c.readiness_ttl = Duration::ZERO;
+        c.gorgias.rate_limit = Some((2, Duration::from_secs(60)));
+        c.request_deadline = Duration::from_secs(120);
+        c.shutdown_drain = Duration::from_secs(120);
+    })
+    .await;
+    crate::helpers::settings_warmed(&app.sim).await;
+    let waiting = {
+        let (http, address) = (app.http.clone(), app.address.clone());
+        tokio::spawn(async move { crate::helpers::post_ticket(&http, &address, &example()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = app.stats();
+    let started = std::time::Instant::now();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "busy is not unready");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        crate::helpers::calls_between(&before, &app.stats()),
+        0,
+        "the probe took no call from the waiting caller"
+    );
+    waiting.abort();
+}
+
+#[tokio::test]
+async fn a_recent_successful_call_makes_readyz_free() {
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    assert_eq!(app.post_ticket(&example()).await.status(), 201);
+    let before = app.stats();
+    for _ in 0..3 {
+        let ready = app
+            .http
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    assert_eq!(crate::helpers::calls_between(&before, &app.stats()), 0);
+}
+
 /// The value of one sample in Prometheus text, 0 when absent.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

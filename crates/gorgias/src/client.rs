@@ -4,6 +4,8 @@
 //! Reference: <https://developers.gorgias.com/reference> (see `gorgias-api.md` in the project
 //! history for what is confirmed and what is inferred).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -21,7 +23,7 @@ use crate::models::{
     CreateCustomer, CreateTicket, Customer, ErrorBody, List, PhoneHit, SearchItem, SearchQuery,
     Settings, Ticket,
 };
-use crate::pacing::{Pacer, SharedBudget};
+use crate::pacing::{Pacer, Priority, SharedBudget};
 
 /// How we prove who we are to Gorgias.
 #[derive(Clone)]
@@ -119,6 +121,9 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
     /// Calls per window the account allows us; `None` turns client-side pacing off.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Processes calling the same account: without a shared budget (or while it is
+    /// unreachable) each paces at this share of `rate_limit`.
+    pub replicas: u32,
 }
 
 /// A Gorgias account, as one cheap-to-clone handle (the HTTP pool is shared inside).
@@ -130,6 +135,25 @@ pub struct GorgiasClient {
     attempt_timeout: Duration,
     retry: RetryPolicy,
     pacer: Pacer,
+    /// When a call last got a 2xx, in milliseconds since [`epoch`] (0: never).
+    last_success: Arc<AtomicU64>,
+}
+
+/// The process's reference instant for [`GorgiasClient::last_success`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Which work a call serves, for the limiter: reading a ticket back settles a create whose
+/// outcome is unknown, creating the ticket finishes a request that holds its customer, and the
+/// rest starts new work.
+fn priority(endpoint: &'static str) -> Priority {
+    match endpoint {
+        "GET /api/tickets" | "GET /api/tickets/{id}" => Priority::Reconcile,
+        "POST /api/tickets" => Priority::Commit,
+        _ => Priority::New,
+    }
 }
 
 /// Whether a call may be sent again after a failure whose effect is unknown.
@@ -180,7 +204,8 @@ impl GorgiasClient {
             auth,
             attempt_timeout: settings.attempt_timeout,
             retry: settings.retry,
-            pacer: Pacer::new(settings.rate_limit),
+            pacer: Pacer::with_replicas(settings.rate_limit, settings.replicas),
+            last_success: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -196,7 +221,7 @@ impl GorgiasClient {
 
     /// Shares the call budget with other processes through `backend` (see
     /// [`Pacer::budget`] for what it should enforce).
-    pub fn share_pacing(mut self, backend: std::sync::Arc<dyn SharedBudget>) -> Self {
+    pub fn share_pacing(mut self, backend: Arc<dyn SharedBudget>) -> Self {
         self.pacer = std::mem::take(&mut self.pacer).shared(backend);
         self
     }
@@ -204,6 +229,15 @@ impl GorgiasClient {
     /// The limiter this client paces its calls with (shared by all clones).
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
+    }
+
+    /// When a call last got a successful answer from Gorgias (any clone's call): proof the
+    /// account and credentials work that costs no call.
+    pub fn last_success(&self) -> Option<Instant> {
+        match self.last_success.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(epoch() + Duration::from_millis(ms)),
+        }
     }
 
     /// `GET /api/account/settings`: the channels whose tickets are auto-assigned.
@@ -483,7 +517,9 @@ impl GorgiasClient {
         deadline: Instant,
         resend: Resend,
     ) -> Result<Bytes, GorgiasError> {
-        self.pacer.until_ready(endpoint, deadline).await?;
+        self.pacer
+            .until_ready(endpoint, priority(endpoint), deadline)
+            .await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GorgiasError::Timeout { endpoint });
@@ -545,9 +581,19 @@ impl GorgiasClient {
             self.pacer.observe_usage(used).await;
         }
         if status.is_success() {
+            let since = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_success.store(since.max(1), Ordering::Relaxed);
             return Ok(bytes);
         }
-        Err(classify(endpoint, status, &headers, &bytes))
+        let err = classify(endpoint, status, &headers, &bytes);
+        if let GorgiasError::RateLimited { retry_after, .. } = &err {
+            // Every call of this process (and, shared, of every replica) waits it out: the
+            // next ones would only be refused too.
+            self.pacer
+                .pause(retry_after.unwrap_or(Duration::from_secs(1)))
+                .await;
+        }
+        Err(err)
     }
 }
 

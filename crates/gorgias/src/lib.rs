@@ -36,7 +36,7 @@ pub use models::{
     NewChannel, NewCustomField, NewMessage, Person, PersonRef, PhoneHit, Tag, TagRef, Ticket,
     TicketId,
 };
-pub use pacing::{BoxFuture, Budget, BudgetError, Pacer, SharedBudget};
+pub use pacing::{BoxFuture, Budget, BudgetError, Grant, MAX_QUEUE, Pacer, Priority, SharedBudget};
 pub use probe::{
     CALL_LIMIT_HEADER, CallLimit, LimitHeader, ListAnswer, ListShape, PROBE_MAX_CALLS, Probe,
     ProbeError,

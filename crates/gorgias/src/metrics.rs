@@ -23,3 +23,9 @@ pub(crate) fn gorgias_retry(endpoint: &'static str) {
 pub(crate) fn limiter_wait(endpoint: &'static str) {
     counter!("gorgias_proxy_rate_limiter_waits_total", "endpoint" => endpoint).increment(1);
 }
+
+/// A call was refused by the client-side rate limiter: no call could come before the caller's
+/// deadline, or the queue was full.
+pub(crate) fn limiter_refusal(endpoint: &'static str) {
+    counter!("gorgias_proxy_rate_limiter_refusals_total", "endpoint" => endpoint).increment(1);
+}
