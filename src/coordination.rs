@@ -202,8 +202,10 @@ impl std::fmt::Debug for SharedCustomers {
     }
 }
 
-/// How long one replica may hold a creation lock before others assume it died.
-const LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a creation lock lives without renewal. The holder renews it every third of this
+/// while its section runs (pacing waits, call timeouts and retries can take longer than any
+/// fixed time), so it lapses only when the holder is gone.
+const LOCK_LEASE: Duration = Duration::from_secs(6);
 
 /// A held creation lock; release it with [`SharedCustomers::unlock`].
 #[derive(Debug)]
@@ -276,7 +278,7 @@ impl SharedCustomers {
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
-                .arg(LOCK_TTL.as_millis() as u64)
+                .arg(millis(LOCK_LEASE))
                 .query_async(&mut conn)
                 .await?;
             if got.is_some() {
@@ -292,6 +294,54 @@ impl SharedCustomers {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Extends the lock's lease when it is still ours.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached. `Ok(false)` when the lock is no longer ours.
+    pub async fn renew(&self, lock: &LockToken) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+        )
+        .key(&lock.key)
+        .arg(&lock.token)
+        .arg(millis(LOCK_LEASE))
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map(|n| n == 1)
+    }
+
+    /// Whether the lock is still ours: the fence checked before a customer create is sent, so
+    /// a holder whose lease lapsed (a stall longer than the lease) never creates alongside the
+    /// replica that took the lock over.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn holds(&self, lock: &LockToken) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&lock.key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(owner.as_deref() == Some(lock.token.as_str()))
+    }
+
+    /// Renews the lock for as long as it is polled: run it alongside the section the lock
+    /// guards. Never completes.
+    pub async fn keep_alive(&self, lock: &LockToken) {
+        let mut tick = tokio::time::interval(LOCK_LEASE / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.renew(lock).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("a customer creation lock lapsed while held"),
+                Err(e) => tracing::warn!(error = %e, "could not renew a customer creation lock"),
+            }
         }
     }
 

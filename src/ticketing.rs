@@ -15,7 +15,7 @@ use gorgias::{
     NewCustomField, NewMessage, PersonRef, TagRef,
 };
 
-use crate::coordination::SharedCustomers;
+use crate::coordination::{LockToken, SharedCustomers};
 use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
 use crate::output::{MappingError, Ticket};
 use crate::telemetry::{mask_email, mask_phone};
@@ -323,16 +323,34 @@ impl Ticketing {
                 return self.resolve_customer(t, deadline).await;
             }
         };
-        // Whoever held the lock before us recorded what it resolved before releasing it.
-        let result = match shared.get(key).await {
-            Ok(Some(c)) => Ok(c),
-            _ => self.create_customer(t, deadline).await,
+        // The lock is a lease renewed while this section runs, however long pacing and
+        // retries make it; gone with us if we die.
+        let result = tokio::select! {
+            r = self.create_under_lock(key, t, deadline, shared, &lock) => r,
+            () = shared.keep_alive(&lock) => unreachable!("keep_alive never completes"),
         };
         if let Ok(c) = &result {
             let _ = shared.put(key, c).await;
         }
         let _ = shared.unlock(lock).await;
         result
+    }
+
+    /// The section under the creation lock: whoever held it before us recorded what it
+    /// resolved before releasing it; otherwise we create, fenced by the lock.
+    async fn create_under_lock(
+        &self,
+        key: &str,
+        t: &NewTicket,
+        deadline: Instant,
+        shared: &SharedCustomers,
+        lock: &LockToken,
+    ) -> Result<Customer, GorgiasError> {
+        if let Ok(Some(c)) = shared.get(key).await {
+            return Ok(c);
+        }
+        self.create_customer(t, deadline, Some((shared, lock)))
+            .await
     }
 
     async fn resolve_customer(
@@ -343,14 +361,17 @@ impl Ticketing {
         if let Some(found) = self.lookup_customer(t, deadline).await? {
             return Ok(found);
         }
-        self.create_customer(t, deadline).await
+        self.create_customer(t, deadline, None).await
     }
 
     /// Creates the customer; on 409 or an ambiguous failure looks it up before trying again.
+    /// With a `fence` (the shared creation lock), each create is sent only while the lock is
+    /// still ours; once it is not, another replica may be creating, so we look instead.
     async fn create_customer(
         &self,
         t: &NewTicket,
         deadline: Instant,
+        fence: Option<(&SharedCustomers, &LockToken)>,
     ) -> Result<Customer, GorgiasError> {
         let email = t.email.as_ref().map(|e| e.as_str());
         // Masked: enough to correlate an incident, not to contact the customer.
@@ -362,6 +383,18 @@ impl Ticketing {
         let mut tries = 0;
         loop {
             tries += 1;
+            if let Some((shared, lock)) = fence
+                && matches!(shared.holds(lock).await, Ok(false))
+            {
+                tracing::warn!("the customer creation lock was lost; looking up instead");
+                return match self.lookup_customer(t, deadline).await? {
+                    Some(found) => Ok(found),
+                    None => Err(GorgiasError::DeadlineExhausted {
+                        endpoint: "customer creation lock",
+                        retry_after: Some(Duration::from_secs(1)),
+                    }),
+                };
+            }
             let request = CreateCustomer {
                 name: t.name.as_deref(),
                 ..CreateCustomer::with_phone(t.phone.as_str(), email)

@@ -12,6 +12,7 @@ mod fidelity;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod leases;
 mod model;
 mod operations;
 mod options;

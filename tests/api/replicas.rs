@@ -72,3 +72,38 @@ async fn three_replicas_share_keys_budget_and_customer_creation() {
         "the simulator never had to refuse: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn the_customer_creation_lock_outlives_a_section_longer_than_its_lease() {
+    let Some(redis) = redis_url() else { return };
+    // Every Gorgias call takes 11 s: the section under the lock (one create) outlasts both the
+    // lease (6 s) and the old fixed lock (10 s). Without renewal the waiting replica would take
+    // the lock over, find nothing, and create the same phone-only customer again.
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off", "--latency-ms", "11000"]);
+    let env = [
+        ("REDIS_URL", redis.as_str()),
+        ("TICKET_CHANNEL", "phone"),
+        ("GORGIAS_TIMEOUT_MS", "15000"),
+        ("REQUEST_DEADLINE_MS", "50000"),
+        ("SHUTDOWN_DRAIN_SECS", "50"),
+    ];
+    let (_a, a) = start_proxy(&sim_url, &env);
+    let (_b, b) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::new();
+    let phone = format!("+1 555 {:07}", fastrand_u32() % 10_000_000);
+    let body = ticket_for(&phone, None);
+    let (ra, rb) = tokio::join!(
+        http.post(format!("{a}/ticket")).json(&body).send(),
+        http.post(format!("{b}/ticket")).json(&body).send()
+    );
+    assert_eq!(ra.unwrap().status(), 201);
+    assert_eq!(rb.unwrap().status(), 201);
+    assert_eq!(sim_stats(&http, &sim_url).await.customers_created, 1);
+}
+
+/// A number from the clock, so reruns against one Redis use fresh phone numbers.
+fn fastrand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}

@@ -41,9 +41,16 @@ pub struct Args {
     /// Status of injected errors.
     #[arg(long, default_value_t = 503)]
     pub error_status: u16,
+    /// Only these routes get injected errors, e.g. `GET /api/tickets` (repeatable; default:
+    /// every route).
+    #[arg(long)]
+    pub error_route: Vec<String>,
     /// Share of ticket creates that store the ticket, then fail.
     #[arg(long, default_value_t = 0.0)]
     pub fail_after_commit: f64,
+    /// Milliseconds a ticket create waits after storing the ticket, before answering.
+    #[arg(long, default_value_t = 0)]
+    pub commit_latency_ms: u64,
     /// How they fail: `500` or `drop`.
     #[arg(long, default_value = "500")]
     pub fail_after_commit_mode: String,
@@ -85,6 +92,8 @@ impl Args {
                 latency_jitter_ms: a.latency_jitter_ms,
                 error_rate: a.error_rate,
                 error_status: Some(a.error_status),
+                error_routes: a.error_route,
+                commit_latency_ms: a.commit_latency_ms,
                 fail_after_commit_rate: a.fail_after_commit,
                 fail_after_commit: match a.fail_after_commit_mode.as_str() {
                     "drop" => CommitFailure::Drop,

@@ -104,10 +104,15 @@ pub struct Faults {
     pub error_rate: f64,
     /// Status of those answers (default 503).
     pub error_status: Option<u16>,
+    /// Only these routes get those answers (`METHOD /route-template`, as counted in
+    /// [`Stats::requests`], e.g. `GET /api/tickets`); empty: every route.
+    pub error_routes: Vec<String>,
     /// Share of `POST /api/tickets` that store the ticket and then fail.
     pub fail_after_commit_rate: f64,
     /// How those fail.
     pub fail_after_commit: CommitFailure,
+    /// `POST /api/tickets` stores the ticket, then waits this long (ms) before answering.
+    pub commit_latency_ms: u64,
 }
 
 /// How the simulator starts.

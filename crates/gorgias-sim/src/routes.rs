@@ -57,7 +57,7 @@ async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
     {
         let mut data = sim.data();
         data.stats.requests_total += 1;
-        *data.stats.requests.entry(key).or_default() += 1;
+        *data.stats.requests.entry(key.clone()).or_default() += 1;
     }
     let (authorized, usage, faults) = {
         let mut control = sim.control();
@@ -103,7 +103,8 @@ async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut resp = if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
+    let targeted = faults.error_routes.is_empty() || faults.error_routes.contains(&key);
+    let mut resp = if targeted && faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
         let status = faults
             .error_status
             .and_then(|s| StatusCode::from_u16(s).ok())
@@ -652,11 +653,12 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
             Some(Value::Object(errors)),
         );
     }
-    let (commit_rate, commit_mode, search_lag) = {
+    let (commit_rate, commit_mode, commit_latency, search_lag) = {
         let c = sim.control();
         (
             c.faults.fail_after_commit_rate,
             c.faults.fail_after_commit,
+            c.faults.commit_latency_ms,
             c.search_lag,
         )
     };
@@ -821,6 +823,10 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
         data.store_ticket(ticket_id, ticket.clone());
         ticket
     };
+    if commit_latency > 0 {
+        // Stored, not yet answered: the window in which a caller's process can die.
+        tokio::time::sleep(Duration::from_millis(commit_latency)).await;
+    }
     if commit_rate > 0.0 && fastrand::f64() < commit_rate {
         return match commit_mode {
             CommitFailure::Status500 => gorgias_error(
