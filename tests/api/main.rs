@@ -19,6 +19,7 @@ mod options;
 mod properties;
 mod replicas;
 mod resilience;
+mod shared_budget;
 mod shutdown;
 mod ticket;
 mod upstream;
