@@ -1,7 +1,9 @@
 //! Client-side pacing: one limiter per process, shared by every request, so we spend the
 //! account's call budget evenly instead of bursting into Gorgias's 429s.
 //!
-//! Callers that find no free call wait in a queue, in order of [`Priority`], then of arrival.
+//! Callers that find no free call wait in a queue, in order of [`Priority`], then of deadline
+//! (the request that started first is served first, so a request on its third call is not
+//! starved by requests on their first).
 //! One dispatcher task per process hands out calls as the budget frees them: a waiter holds a
 //! place (a reservation), it does not poll. A caller whose place cannot come before its
 //! deadline is refused at once, with the time a retry could succeed, rather than after waiting
@@ -132,12 +134,16 @@ impl Sched {
         self.queues.iter().map(VecDeque::len).sum()
     }
 
-    /// Waiters served before one of `priority` who arrives now.
-    fn ahead_of(&self, priority: Priority) -> usize {
-        self.queues[..=priority as usize]
+    /// Where a waiter of `priority` and `deadline` goes in its queue (earliest deadline first,
+    /// arrival order among equals), and how many waiters are served before it.
+    fn place(&self, priority: Priority, deadline: Instant) -> (usize, usize) {
+        let queue = &self.queues[priority as usize];
+        let at = queue.partition_point(|w| w.deadline <= deadline);
+        let before: usize = self.queues[..priority as usize]
             .iter()
             .map(VecDeque::len)
-            .sum()
+            .sum();
+        (at, before + at)
     }
 }
 
@@ -350,7 +356,7 @@ impl Pacer {
             } else {
                 inner.local_period(&s)
             };
-            let ahead = s.ahead_of(priority);
+            let (at, ahead) = s.place(priority, deadline);
             let slot = inner.next_free(&s, now) + period * u32::try_from(ahead).unwrap_or(u32::MAX);
             if s.queued() >= MAX_QUEUE {
                 return Err(refused(
@@ -361,7 +367,7 @@ impl Pacer {
                 return Err(refused(slot - now));
             }
             let (tx, rx) = oneshot::channel();
-            s.queues[priority as usize].push_back(Waiter { deadline, tx });
+            s.queues[priority as usize].insert(at, Waiter { deadline, tx });
             if !s.dispatching {
                 s.dispatching = true;
                 tokio::spawn(dispatch(Arc::clone(inner)));
@@ -612,6 +618,34 @@ mod tests {
                 Priority::New
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_a_priority_the_request_that_started_first_is_served_first() {
+        let p = pacer(10, 1000);
+        let now = Instant::now();
+        for _ in 0..9 {
+            p.until_ready("t", Priority::New, now + Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A request that started late queues first; one that started earlier (an earlier
+        // deadline: it is on a later call already) queues after it, and goes first.
+        for (name, deadline) in [("late", 50), ("early", 20), ("later", 55)] {
+            let (p, order) = (p.clone(), Arc::clone(&order));
+            let deadline = now + Duration::from_secs(deadline);
+            tasks.push(tokio::spawn(async move {
+                p.until_ready("t", Priority::New, deadline).await.unwrap();
+                order.lock().unwrap().push(name);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["early", "late", "later"]);
     }
 
     #[tokio::test(start_paused = true)]
