@@ -19,6 +19,7 @@ mod options;
 mod properties;
 mod replicas;
 mod resilience;
+mod schema_generated;
 mod shared_budget;
 mod shutdown;
 mod ticket;
