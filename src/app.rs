@@ -99,11 +99,15 @@ impl Application {
             });
         }
         let tasks = self.state.tasks.clone();
+        // Deliveries stop being claimed at SIGTERM; the attempts in hand finish in the drain.
+        let stop_deliveries = tokio_util::sync::CancellationToken::new();
+        crate::delivery::start(&self.state, &stop_deliveries);
         let app = crate::http::router(self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining in-flight requests");
+            stop_deliveries.cancel();
             let _ = stopping_tx.send(());
         };
         let serve = async move {

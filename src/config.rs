@@ -48,6 +48,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Deployment-specific value rules (`PHONE_DEFAULT_REGION`).
     pub rules: crate::domain::request::Rules,
+    /// The outbox for `Prefer: respond-async`; `None` turns async requests off.
+    pub outbox: Option<crate::outbox::OutboxTarget>,
+    /// How queued deliveries are made.
+    pub delivery: crate::outbox::DeliverySettings,
 }
 
 impl Config {
@@ -79,6 +83,10 @@ impl Config {
             max_concurrent_requests: 256,
             max_connections: 1024,
             rules: crate::domain::request::Rules::default(),
+            outbox: Some(crate::outbox::OutboxTarget::Sqlite(
+                std::path::PathBuf::from("data").join("outbox.db"),
+            )),
+            delivery: crate::outbox::DeliverySettings::default(),
         }
     }
 }
@@ -204,6 +212,20 @@ pub struct Cli {
     /// Open client connections at once; more are closed on arrival.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Directory for the service's own data (the outbox); created at start-up.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// The outbox for `Prefer: respond-async`: `sqlite://PATH`, or `off`; default
+    /// `$DATA_DIR/outbox.db`.
+    #[arg(long, env = "OUTBOX_URL", hide_env_values = true)]
+    pub outbox_url: Option<String>,
+    /// After this many seconds since acceptance, a delivery still failing transiently is
+    /// `failed`.
+    #[arg(long, env = "DELIVERY_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub delivery_max_age_secs: u64,
+    /// Queued deliveries attempted at once.
+    #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 4)]
+    pub delivery_concurrency: usize,
     /// Serve GET /metrics on this address instead of LISTEN_ADDR.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -259,6 +281,18 @@ impl Cli {
             return Err(invalid("GORGIAS_REPLICAS", "must be 1 or more"));
         }
         config.gorgias.replicas = self.gorgias_replicas;
+        config.outbox = match self.outbox_url.as_deref().map(str::trim) {
+            Some(off) if off.eq_ignore_ascii_case("off") => None,
+            url => Some(
+                crate::outbox::OutboxTarget::parse(url, &self.data_dir)
+                    .map_err(|e| invalid("OUTBOX_URL", &e))?,
+            ),
+        };
+        if self.delivery_concurrency == 0 {
+            return Err(invalid("DELIVERY_CONCURRENCY", "must be 1 or more"));
+        }
+        config.delivery.concurrency = self.delivery_concurrency;
+        config.delivery.max_age = Duration::from_secs(self.delivery_max_age_secs.max(1));
         config.body_limit = self.body_limit_bytes;
         if config.body_limit == 0 {
             return Err(invalid("BODY_LIMIT_BYTES", "must be more than 0"));

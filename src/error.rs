@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 503: the idempotency store (Redis) cannot be used right now.
     #[error("the idempotency store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// 503: the outbox for asynchronous requests cannot be written or read.
+    #[error("the outbox for asynchronous requests is unavailable; retry shortly")]
+    OutboxUnavailable,
     /// 503: this service is not ready (health checks).
     #[error("{0}")]
     NotReady(String),
@@ -151,6 +154,11 @@ impl ApiError {
                 "Idempotency key reused",
             ),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            Self::OutboxUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox_unavailable",
+                "Outbox unavailable",
+            ),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             Self::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -290,6 +298,29 @@ impl ApiError {
         }
     }
 
+    /// The problem document this error is answered with.
+    pub fn problem(&self) -> Problem {
+        let (status, code, title) = self.parts();
+        Problem {
+            kind: format!("urn:gorgias-proxy:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            code,
+            request_id: crate::request_id::current_request_id(),
+            errors: match self {
+                Self::Invalid(e) => e.errors.clone(),
+                _ => Vec::new(),
+            },
+            external_id: match self {
+                Self::Upstream(TicketingError::OutcomeUnknown { external_id, .. }) => {
+                    Some(external_id.clone())
+                }
+                _ => None,
+            },
+        }
+    }
+
     /// How long the caller should wait, for 503s.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -303,7 +334,9 @@ impl ApiError {
             },
             Self::Upstream(TicketingError::OutcomeUnknown { .. }) => Some(Duration::from_secs(2)),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
-            Self::StoreUnavailable | Self::Overloaded => Some(Duration::from_secs(1)),
+            Self::StoreUnavailable | Self::Overloaded | Self::OutboxUnavailable => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -338,7 +371,7 @@ fn flatten_field_messages(data: &Value) -> Vec<String> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, title) = self.parts();
+        let (status, code, _) = self.parts();
         if status.is_server_error() {
             // Logged once, here; the cause chain may name the endpoint but never a body or key.
             tracing::error!(code, error = %self, cause = ?std::error::Error::source(&self).map(ToString::to_string), "request failed");
@@ -346,25 +379,7 @@ impl IntoResponse for ApiError {
             tracing::info!(code, status = status.as_u16(), "request refused");
         }
         let retry_after = self.retry_after();
-        let external_id = match &self {
-            Self::Upstream(TicketingError::OutcomeUnknown { external_id, .. }) => {
-                Some(external_id.clone())
-            }
-            _ => None,
-        };
-        let problem = Problem {
-            kind: format!("urn:gorgias-proxy:problem:{code}"),
-            title,
-            status: status.as_u16(),
-            detail: self.detail(),
-            code,
-            request_id: crate::request_id::current_request_id(),
-            errors: match self {
-                Self::Invalid(e) => e.errors,
-                _ => Vec::new(),
-            },
-            external_id,
-        };
+        let problem = self.problem();
         let mut resp = (status, Json(problem)).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -22,7 +22,10 @@
 //! - [`domain`]: validated input types (valid by construction).
 //! - [`ticketing`]: the create-ticket use case, customer and settings caches, reconciliation.
 //! - [`output`]: the seed's output model and its one mapping from `gorgias::Ticket`.
+//! - [`delivery`]: the workers that deliver the outbox (retries, backoff, background budget).
 //! - [`idempotency`]: `Idempotency-Key` claims and stored answers (memory or Redis).
+//! - [`outbox`]: the durable outbox behind `Prefer: respond-async` (SQLite), and the status
+//!   resource's rows.
 //! - [`coordination`]: what replicas share through Redis (the client's `SharedBudget`, customer
 //!   creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
@@ -36,11 +39,13 @@ pub mod callers;
 pub mod commands;
 pub mod config;
 pub mod coordination;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
+pub mod outbox;
 pub mod output;
 pub mod request_id;
 pub mod sandbox;

@@ -174,3 +174,19 @@ pub fn reconciled() {
 pub fn idempotency_replay() {
     counter!("gorgias_proxy_idempotency_replays_total").increment(1);
 }
+
+/// The outbox's rows by status, and the age of its oldest pending delivery.
+pub fn outbox_depth(depth: &crate::outbox::Depth) {
+    for (status, n) in ["queued", "delivering", "delivered", "failed"]
+        .into_iter()
+        .zip(depth.by_status)
+    {
+        gauge!("gorgias_proxy_outbox_deliveries", "status" => status).set(n as f64);
+    }
+    gauge!("gorgias_proxy_outbox_oldest_pending_seconds").set(depth.oldest_pending.as_secs_f64());
+}
+
+/// A delivery attempt ended: `delivered`, `failed` or `retry`.
+pub fn delivery(outcome: &'static str) {
+    counter!("gorgias_proxy_delivery_attempts_total", "outcome" => outcome).increment(1);
+}

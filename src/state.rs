@@ -52,6 +52,10 @@ pub struct Shared {
     pub max_in_flight: usize,
     /// Deployment-specific value rules (the phone region).
     pub rules: crate::domain::request::Rules,
+    /// The durable outbox for `Prefer: respond-async` (`None`: `OUTBOX_URL=off`).
+    pub outbox: Option<crate::outbox::Outbox>,
+    /// How queued deliveries are made.
+    pub delivery: crate::outbox::DeliverySettings,
     /// The requests' work, run apart from their handlers (a caller hanging up does not cancel
     /// it) and awaited by the shutdown drain.
     pub tasks: tokio_util::task::TaskTracker,
@@ -88,6 +92,12 @@ impl AppState {
             }
             None => IdempotencyStore::memory(config.idempotency_ttl),
         };
+        let outbox = match &config.outbox {
+            Some(target) => Some(crate::outbox::Outbox::open(target).map_err(|e| {
+                anyhow::anyhow!("the outbox (DATA_DIR / OUTBOX_URL) cannot be used: {e}")
+            })?),
+            None => None,
+        };
         Ok(Self(Arc::new(Shared {
             ticketing: Ticketing::new(client, ticketing_settings),
             body_limit: config.body_limit,
@@ -101,6 +111,8 @@ impl AppState {
             max_in_flight: config.max_concurrent_requests,
             rules: config.rules,
             tasks: tokio_util::task::TaskTracker::new(),
+            outbox,
+            delivery: config.delivery.clone(),
         })))
     }
 }
@@ -131,7 +143,13 @@ impl Readiness {
     ///
     /// # Errors
     /// `NotReady` with the reason.
-    pub async fn check(&self, ticketing: &Ticketing) -> Result<(), ApiError> {
+    /// With `tolerate_outage` (an outbox accepts requests while Gorgias is down) only a
+    /// refusal of our credentials makes the service unready, not Gorgias being unreachable.
+    pub async fn check(
+        &self,
+        ticketing: &Ticketing,
+        tolerate_outage: bool,
+    ) -> Result<(), ApiError> {
         let client = ticketing.client();
         if client
             .last_success()
@@ -161,6 +179,10 @@ impl Readiness {
             }) => Err(format!(
                 "Gorgias rejected our credentials ({status}); check GORGIAS_USERNAME/GORGIAS_API_KEY"
             )),
+            Err(e) if tolerate_outage => {
+                tracing::warn!(error = %e, "Gorgias is not usable; still ready to queue requests");
+                Ok(())
+            }
             Err(e) => Err(format!("Gorgias is not usable: {e}")),
         };
         *last = Some((Instant::now(), verdict.clone()));

@@ -20,8 +20,19 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Config loaded and Gorgias reachable with valid credentials (cached briefly).
+/// Config loaded, the outbox writable, and Gorgias accepting our credentials (cached briefly).
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.readiness.check(&state.ticketing).await?;
+    if let Some(outbox) = &state.outbox {
+        // A replica that cannot queue must not take traffic; an outage of Gorgias alone is
+        // not a reason (asynchronous requests are still accepted and delivered later).
+        outbox
+            .check_writable()
+            .await
+            .map_err(|e| ApiError::NotReady(format!("the outbox cannot be written: {e}")))?;
+    }
+    state
+        .readiness
+        .check(&state.ticketing, state.outbox.is_some())
+        .await?;
     Ok(Json(json!({"status": "ready"})))
 }

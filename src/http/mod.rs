@@ -5,6 +5,7 @@ pub mod auth;
 mod health;
 pub mod openapi;
 mod ticket;
+mod tickets;
 
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,9 @@ pub fn router(state: AppState) -> Router {
     let body_read_timeout = state.body_read_timeout;
     let max_in_flight = state.max_in_flight;
     Router::new()
-        .merge(ticket::router().route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        )))
+        .merge(ticket::router().merge(tickets::router()).route_layer(
+            middleware::from_fn_with_state(state.clone(), auth::require_token),
+        ))
         .merge(health::router())
         .route("/openapi.json", axum::routing::get(openapi::serve))
         .merge(metrics_router(&state))

@@ -43,6 +43,20 @@ async fn create_ticket(
     })?;
     // Parsed once: both the idempotency fingerprint and validation read this value.
     let parsed = serde_json::from_slice::<serde_json::Value>(&body);
+    if let Some(outbox) = &state.outbox
+        && let Some(wait) = super::tickets::async_preference(&headers)
+    {
+        let key = match headers.get(IDEMPOTENCY_KEY) {
+            Some(k) => Some(valid_key(k)?),
+            None => None,
+        };
+        let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
+        let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
+        NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
+        let fingerprint = idempotency::fingerprint_parsed(Some(&value), &body);
+        let wait = wait.min(state.request_deadline);
+        return super::tickets::accept(outbox, &caller, key, &fingerprint, &body, wait).await;
+    }
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
         let external_id = uuid::Uuid::new_v4().to_string();
@@ -56,13 +70,7 @@ async fn create_ticket(
         };
         return detached(&state, work).await;
     };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| idempotency::is_valid_key(k))
-        .ok_or_else(|| {
-            ApiError::BadHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
-        })?;
+    let key = valid_key(key)?;
     // Keys are scoped by caller: two services choosing the same key never share a record,
     // nor a ticket.
     let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
@@ -165,6 +173,16 @@ async fn settle(state: &AppState, token: idempotency::ClaimToken, resp: Response
 /// by the request body limit (its messages come from it) plus Gorgias's fields, so this only
 /// guards against a body limit raised far beyond the default.
 const MAX_STORED_ANSWER: usize = 8 * 1024 * 1024;
+
+/// An `Idempotency-Key` header's value, when it is 1 to 255 visible ASCII characters.
+fn valid_key(key: &HeaderValue) -> Result<&str, ApiError> {
+    key.to_str()
+        .ok()
+        .filter(|k| idempotency::is_valid_key(k))
+        .ok_or_else(|| {
+            ApiError::BadHeader("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })
+}
 
 fn replay(answer: StoredAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);

@@ -53,7 +53,15 @@ pub fn test_config(base_url: Url) -> Config {
     c.gorgias.rate_limit = None;
     c.request_deadline = Duration::from_secs(8);
     c.allow_unauthenticated = true;
+    c.outbox = Some(gorgias_proxy::outbox::OutboxTarget::Sqlite(
+        temp_data_dir().join("outbox.db"),
+    ));
     c
+}
+
+/// A fresh directory for one service's data (its outbox), under the system's temp dir.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(unique("gorgias-proxy-data"))
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -297,6 +305,7 @@ pub fn start_proxy_capturing(sim_url: &str, env: &[(&str, &str)]) -> (Running, S
         .env("GORGIAS_API_KEY", "sandbox-key")
         .env("LOG_FORMAT", "json")
         .env("ALLOW_UNAUTHENTICATED", "true")
+        .env("DATA_DIR", temp_data_dir())
         .env_remove("RUST_LOG")
         .env_remove("API_TOKENS")
         .env_remove("REDIS_URL");

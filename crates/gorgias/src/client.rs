@@ -145,10 +145,24 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+tokio::task_local! {
+    /// Set while a task does work nobody waits on (see [`in_background`]).
+    static BACKGROUND: ();
+}
+
+/// Runs `work` with every Gorgias call it makes at [`Priority::Background`]: served only from
+/// the budget that callers who are waiting leave (queued deliveries, batch jobs).
+pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
 /// Which work a call serves, for the limiter: reading a ticket back settles a create whose
 /// outcome is unknown, creating the ticket finishes a request that holds its customer, and the
-/// rest starts new work.
+/// rest starts new work; anything inside [`in_background`] waits for all of them.
 fn priority(endpoint: &'static str) -> Priority {
+    if BACKGROUND.try_with(|()| ()).is_ok() {
+        return Priority::Background;
+    }
     match endpoint {
         "GET /api/tickets" | "GET /api/tickets/{id}" => Priority::Reconcile,
         "POST /api/tickets" => Priority::Commit,

@@ -29,7 +29,9 @@ mod models;
 mod pacing;
 mod probe;
 
-pub use client::{Auth, ClientSettings, GorgiasClient, RetryPolicy, parse_retry_after};
+pub use client::{
+    Auth, ClientSettings, GorgiasClient, RetryPolicy, in_background, parse_retry_after,
+};
 pub use error::{BuildError, GorgiasError};
 pub use models::{
     Assignee, Attachment, CreateCustomer, CreateTicket, Customer, Id, Message, NewAttachment,

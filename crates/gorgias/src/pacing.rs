@@ -64,7 +64,8 @@ pub struct Budget {
     pub window: Duration,
 }
 
-/// Which work a call serves. The limiter serves `Reconcile` first, then `Commit`, then `New`:
+/// Which work a call serves. The limiter serves `Reconcile` first, then `Commit`, then `New`,
+/// then `Background`:
 /// work already committed frees a caller (and settles a ticket that may exist) sooner than new
 /// work would, so under load new requests wait or are refused, never the ones half done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,10 +76,12 @@ pub enum Priority {
     Commit = 1,
     /// What a new request starts with: settings, customer lookups and creates.
     New = 2,
+    /// Work nobody is waiting on (queued deliveries): only the budget the others leave.
+    Background = 3,
 }
 
 impl Priority {
-    const ALL: usize = 3;
+    const ALL: usize = 4;
 }
 
 /// Share of the account's budget we allow ourselves: Gorgias's bucket and ours are not in step,

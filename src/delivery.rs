@@ -1,0 +1,188 @@
+//! Delivering the outbox: workers claim accepted requests in order of acceptance and create
+//! their tickets through the same use case as synchronous requests, with every Gorgias call at
+//! [`gorgias::Priority::Background`] (only the budget waiting callers leave).
+//!
+//! An attempt ends in one of three ways: the ticket (`delivered`), a refusal that will not
+//! change (`failed`, with the problem a synchronous caller would have got), or a failure that
+//! may pass (5xx, 429, timeouts, unreachable, an unknown outcome): the delivery is queued again
+//! with jittered exponential backoff, until `DELIVERY_MAX_AGE` after acceptance. Every attempt
+//! after the first looks the ticket up by `external_id` before creating it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::NewTicket;
+use crate::error::ApiError;
+use crate::outbox::{Claimed, DeliverySettings, Outbox};
+use crate::state::AppState;
+use crate::ticketing::TicketingError;
+use gorgias::GorgiasError;
+
+/// Starts the workers and the metrics upkeep on the state's task tracker; they stop claiming
+/// when `stop` is cancelled and finish the attempt in hand (the shutdown drain waits for it).
+pub fn start(state: &AppState, stop: &CancellationToken) {
+    let Some(outbox) = state.outbox.clone() else {
+        return;
+    };
+    for _ in 0..state.delivery.concurrency.max(1) {
+        state
+            .tasks
+            .spawn(work(state.clone(), outbox.clone(), stop.clone()));
+    }
+    state.tasks.spawn(upkeep(outbox, stop.clone()));
+}
+
+async fn work(state: AppState, outbox: Outbox, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        match outbox.claim(state.delivery.lease).await {
+            Ok(Some(claimed)) => attempt(&state, &outbox, claimed).await,
+            Ok(None) => {
+                // New work wakes us at once; retries come due on the tick.
+                tokio::select! {
+                    () = outbox.accepted() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim deliveries from the outbox");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+async fn upkeep(outbox: Outbox, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        match outbox.upkeep().await {
+            Ok(depth) => crate::metrics::outbox_depth(&depth),
+            Err(e) => tracing::warn!(error = %e, "outbox upkeep failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
+/// One attempt at one delivery, its lease renewed while it runs.
+async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
+    let id = claimed.id.clone();
+    let outcome = tokio::select! {
+        o = create(state, &claimed) => o,
+        () = keep_leased(outbox, &id, state.delivery.lease) => unreachable!("never completes"),
+    };
+    let age = Duration::from_millis(crate::outbox::now_ms().saturating_sub(claimed.accepted_at));
+    let recorded = match outcome {
+        Ok(ticket) => {
+            crate::metrics::delivery("delivered");
+            outbox.delivered(&id, ticket).await
+        }
+        Err((err, permanent)) => {
+            let problem = serde_json::to_string(&err.problem()).unwrap_or_default();
+            if permanent || age >= state.delivery.max_age {
+                tracing::warn!(
+                    code = err.parts().1,
+                    attempts = claimed.attempts,
+                    "delivery failed"
+                );
+                crate::metrics::delivery("failed");
+                outbox.failed(&id, problem).await
+            } else {
+                let wait = backoff(&state.delivery, claimed.attempts, &err);
+                tracing::info!(
+                    code = err.parts().1,
+                    attempts = claimed.attempts,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "delivery will be retried"
+                );
+                crate::metrics::delivery("retry");
+                outbox.retry_after(&id, wait, problem).await
+            }
+        }
+    };
+    if let Err(e) = recorded {
+        // The lease lapses and the delivery is claimed again; its ticket is found by
+        // external_id, so nothing is created twice.
+        tracing::error!(error = %e, "could not record a delivery's outcome");
+    }
+}
+
+/// Creates the ticket: its output JSON, or the error and whether it is final.
+async fn create(state: &AppState, claimed: &Claimed) -> Result<String, (ApiError, bool)> {
+    let parsed = serde_json::from_slice::<serde_json::Value>(&claimed.request)
+        .map_err(|e| (ApiError::MalformedJson(e.to_string()), true))?;
+    let ticket =
+        NewTicket::parse_with(&parsed, &state.rules).map_err(|e| (ApiError::Invalid(e), true))?;
+    let deadline = Instant::now() + state.request_deadline;
+    let created = gorgias::in_background(state.ticketing.create_ticket(
+        &ticket,
+        &claimed.external_id,
+        deadline,
+        claimed.attempts > 1,
+    ))
+    .await;
+    match created {
+        Ok(t) => serde_json::to_string(&t).map_err(|_| (ApiError::Internal, false)),
+        Err(e) => {
+            let permanent = matches!(
+                e,
+                TicketingError::Gorgias(GorgiasError::Rejected { status, .. }) if status != 409
+            );
+            Err((ApiError::Upstream(e), permanent))
+        }
+    }
+}
+
+async fn keep_leased(outbox: &Outbox, id: &str, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = outbox.renew(id, lease).await {
+            tracing::warn!(error = %e, "could not renew a delivery's lease");
+        }
+    }
+}
+
+/// Jittered exponential backoff, or Gorgias's `Retry-After` when it asked for longer.
+fn backoff(settings: &DeliverySettings, attempts: u32, err: &ApiError) -> Duration {
+    let exp = settings
+        .base_backoff
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(settings.max_backoff);
+    let jittered = exp.mul_f64(0.5 + fastrand::f64() / 2.0);
+    let asked = match err {
+        ApiError::Upstream(TicketingError::Gorgias(
+            GorgiasError::RateLimited { retry_after, .. }
+            | GorgiasError::DeadlineExhausted { retry_after, .. },
+        )) => retry_after.unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    jittered.max(asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let s = DeliverySettings::default();
+        let err = ApiError::Internal;
+        for attempts in 1..40 {
+            let d = backoff(&s, attempts, &err);
+            let full = s
+                .base_backoff
+                .saturating_mul(1 << (attempts - 1).min(20))
+                .min(s.max_backoff);
+            assert!(d >= full / 2 && d <= full, "{attempts}: {d:?} vs {full:?}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! `Prefer: respond-async`: accepted at once into the durable outbox, delivered later exactly
+//! once, through Gorgias outages and `kill -9`, with a status resource per caller.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gorgias_sim::{Faults, SimConfig, Simulator};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    example, serve, sim_config, spawn_app_with, start_proxy, start_sim, temp_data_dir, test_config,
+    ticket_for, unique,
+};
+
+fn post_async(
+    http: &reqwest::Client,
+    address: &str,
+    body: &Value,
+    prefer: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{address}/ticket"))
+        .header("prefer", prefer)
+        .json(body)
+}
+
+/// Polls the status resource until the delivery is final or `within` passes.
+async fn until_final(http: &reqwest::Client, address: &str, url: &str, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let doc: Value = http
+            .get(format!("{address}{url}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doc["status"] == "delivered" || doc["status"] == "failed" {
+            return doc;
+        }
+        assert!(
+            start.elapsed() < within,
+            "not delivered within {within:?}: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn respond_async_is_202_with_a_status_resource_that_ends_with_the_ticket() {
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let resp = post_async(&app.http, &app.address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["preference-applied"], "respond-async");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["status_url"], location.as_str());
+    assert_eq!(
+        location,
+        format!("/tickets/{}", body["id"].as_str().unwrap())
+    );
+
+    let doc = until_final(&app.http, &app.address, &location, Duration::from_secs(10)).await;
+    assert_eq!(doc["status"], "delivered", "{doc}");
+    assert_eq!(doc["attempts"], 1);
+    assert!(doc["accepted_at"].as_str().unwrap().ends_with('Z'));
+    assert!(doc["delivered_at"].is_string());
+    assert!(doc.get("problem").is_none());
+    // The ticket is exactly the synchronous output model.
+    let sync: Value = app.post_ticket(&example()).await.json().await.unwrap();
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&doc["ticket"]), keys(&sync));
+    assert_eq!(
+        doc["ticket"]["messages"][0]["body_text"],
+        sync["messages"][0]["body_text"]
+    );
+    assert_eq!(app.stats().tickets_created, 2);
+}
+
+#[tokio::test]
+async fn wait_answers_201_with_the_ticket_when_it_is_delivered_in_time() {
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let resp = post_async(
+        &app.http,
+        &app.address,
+        &example(),
+        "respond-async, wait=10",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ticket: Value = resp.json().await.unwrap();
+    assert!(ticket["id"].is_string(), "the output model: {ticket}");
+    assert!(ticket["messages"].is_array(), "{ticket}");
+
+    // Gorgias is slower than the wait: 202.
+    app.sim.set_faults(Faults {
+        latency_ms: 3000,
+        ..Faults::default()
+    });
+    let resp = post_async(&app.http, &app.address, &example(), "respond-async, wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+}
+
+#[tokio::test]
+async fn validation_errors_are_the_same_with_and_without_respond_async() {
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let mut bad = example();
+    bad["customer"]["phone_number"] = json!("not a phone");
+    bad["ticket"]["messages"][0]["attachments"][0]["size"] = json!(-1);
+    let sync = app.post_ticket(&bad).await;
+    let (sync_status, sync_body): (u16, Value) =
+        (sync.status().as_u16(), sync.json().await.unwrap());
+    let asy = post_async(&app.http, &app.address, &bad, "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asy.status().as_u16(), sync_status);
+    let asy_body: Value = asy.json().await.unwrap();
+    assert_eq!(asy_body["errors"], sync_body["errors"]);
+    assert_eq!(asy_body["code"], sync_body["code"]);
+    assert_eq!(app.stats().tickets_created, 0);
+}
+
+#[tokio::test]
+async fn a_key_names_one_delivery_and_its_replay_is_the_202_or_the_final_201() {
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let key = unique("async-key");
+    let send = |body: Value| {
+        post_async(&app.http, &app.address, &body, "respond-async")
+            .header("idempotency-key", &key)
+            .send()
+    };
+    let first = send(example()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let url = first["status_url"].as_str().unwrap().to_owned();
+    until_final(&app.http, &app.address, &url, Duration::from_secs(10)).await;
+
+    let again = send(example()).await.unwrap();
+    assert_eq!(again.status(), 201, "delivered: the replay is the ticket");
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    let mut other = example();
+    other["ticket"]["messages"][0]["body_text"] = json!("something else");
+    assert_eq!(send(other).await.unwrap().status(), 422);
+    assert_eq!(app.stats().tickets_created, 1);
+}
+
+#[tokio::test]
+async fn a_caller_sees_only_its_own_deliveries() {
+    let app = spawn_app_with(sim_config(), |c| {
+        c.api_tokens = vec![SecretString::from("tok-one"), SecretString::from("tok-two")];
+        c.allow_unauthenticated = false;
+    })
+    .await;
+    let resp = post_async(&app.http, &app.address, &example(), "respond-async")
+        .bearer_auth("tok-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let url = resp.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |token: Option<&'static str>| {
+        let mut r = app.http.get(format!("{}{url}", app.address));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(get(Some("tok-one")).await.unwrap().status(), 200);
+    assert_eq!(get(Some("tok-two")).await.unwrap().status(), 404);
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    let unknown = app
+        .http
+        .get(format!("{}/tickets/nope", app.address))
+        .bearer_auth("tok-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn a_refusal_that_will_not_change_fails_with_the_synchronous_problem() {
+    let app = spawn_app_with(sim_config(), |c| {
+        c.ticketing.channel_override = Some("phone".into());
+    })
+    .await;
+    // Gorgias refuses our credentials: a 401 will not change by retrying.
+    app.sim.set_credentials(gorgias_sim::Credentials {
+        username: "someone-else@example.com".into(),
+        api_key: "rotated".into(),
+        access_token: None,
+    });
+    let sync = app.post_ticket(&example()).await;
+    assert_eq!(sync.status(), 502);
+    let sync_problem: Value = sync.json().await.unwrap();
+    let resp = post_async(&app.http, &app.address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let url = resp.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc = until_final(&app.http, &app.address, &url, Duration::from_secs(10)).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["attempts"], 1, "a refusal is not retried");
+    assert_eq!(doc["problem"]["code"], "upstream_auth");
+    assert_eq!(doc["problem"]["code"], sync_problem["code"]);
+    assert_eq!(doc["problem"]["status"], 502);
+}
+
+/// A simulator on its own thread at a fixed address, so it can be stopped and started again.
+fn sim_at(addr: SocketAddr, config: SimConfig) -> tokio::sync::oneshot::Sender<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _sim = Simulator::spawn(config, addr).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = stopped.await;
+        });
+    });
+    ready_rx.recv().unwrap();
+    stop
+}
+
+#[tokio::test]
+async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after_it() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut config = test_config(format!("http://{addr}").parse().unwrap());
+    config.ticketing.channel_override = Some("phone".into());
+    config.delivery.max_backoff = Duration::from_secs(10);
+    let (address, _stop) = serve(config).await;
+    let http = reqwest::Client::new();
+    // Gorgias is down (nothing listens) while 20 requests arrive.
+    let mut urls = Vec::new();
+    for i in 0..20 {
+        let body = ticket_for(&format!("+1 555 07{i:05}"), None);
+        let resp = post_async(&http, &address, &body, "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "accepted while Gorgias is down");
+        urls.push(
+            resp.json::<Value>().await.unwrap()["status_url"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let ready = http.get(format!("{address}/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "an outage of Gorgias alone is not unready"
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let doc: Value = http
+        .get(format!("{address}{}", urls[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["status"], "queued", "{doc}");
+    assert!(
+        doc["attempts"].as_u64().unwrap() > 1,
+        "retried meanwhile: {doc}"
+    );
+    assert_eq!(doc["problem"]["code"], "upstream_unreachable", "{doc}");
+
+    let _sim = sim_at(addr, sim_config());
+    for url in &urls {
+        let doc = until_final(&http, &address, url, Duration::from_secs(60)).await;
+        assert_eq!(doc["status"], "delivered", "{doc}");
+    }
+    let stats: gorgias_sim::Stats = http
+        .get(format!("http://{addr}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.tickets_created, 20, "each delivered once");
+}
+
+#[tokio::test]
+async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once() {
+    // Gorgias stores each ticket, then takes 2 s to answer: the replica dies mid-delivery.
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off", "--commit-latency-ms", "2000"]);
+    let data = temp_data_dir();
+    let env = [
+        ("DATA_DIR", data.to_str().unwrap()),
+        ("TICKET_CHANNEL", "phone"),
+        ("DELIVERY_CONCURRENCY", "2"),
+    ];
+    let (mut first, first_url) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        let body = ticket_for(&format!("+1 555 08{i:05}"), None);
+        let resp = post_async(&http, &first_url, &body, "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let stats = |http: reqwest::Client, url: String| async move {
+        http.get(format!("{url}/_sim/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json::<gorgias_sim::Stats>()
+            .await
+            .unwrap()
+    };
+    let start = Instant::now();
+    while stats(http.clone(), sim_url.clone()).await.tickets_created == 0 {
+        assert!(start.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap(); // SIGKILL, with tickets saved by Gorgias but not recorded by us
+    first.0.wait().unwrap();
+    let saved_before_restart = stats(http.clone(), sim_url.clone()).await.tickets_created;
+    assert!(saved_before_restart < 10, "deliveries were still queued");
+
+    let (_second, _) = start_proxy(&sim_url, &env);
+    let start = Instant::now();
+    while stats(http.clone(), sim_url.clone()).await.tickets_created < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let any duplicate show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stats(http.clone(), sim_url.clone()).await.tickets_created,
+        10
+    );
+}
