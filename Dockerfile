@@ -22,11 +22,15 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app \
+ && mkdir -p /data && chown 10001 /data
 COPY --from=build /src/target/release/gorgias-proxy /usr/local/bin/gorgias-proxy
 COPY --from=build /src/target/release/gorgias-sim /usr/local/bin/gorgias-sim
 USER 10001
-ENV LISTEN_ADDR=0.0.0.0:8080 LOG_FORMAT=json
+# DATA_DIR holds the outbox of asynchronous requests (SQLite): mount a volume there, or accepted
+# requests do not survive the container.
+ENV LISTEN_ADDR=0.0.0.0:8080 LOG_FORMAT=json DATA_DIR=/data
+VOLUME /data
 EXPOSE 8080
 # No shell or curl needed: the binary probes its own /healthz.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \

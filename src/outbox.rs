@@ -83,7 +83,7 @@ impl OutboxTarget {
 }
 
 /// A delivery's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for its (next) attempt.

@@ -5,7 +5,7 @@ pub mod auth;
 mod health;
 pub mod openapi;
 mod ticket;
-mod tickets;
+pub mod tickets;
 
 use std::time::{Duration, Instant};
 

@@ -33,6 +33,13 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
          description = "Makes retries safe: the first final answer (201 or 4xx) is replayed for \
                         24 h with `Idempotency-Replayed: true`; another body with the same key \
                         is 422; the same key while the first request runs is 409."),
+        ("Prefer" = Option<String>, Header,
+         description = "RFC 7240. `respond-async`: the validated request is written to the \
+                        durable outbox and answered 202 with `Location: /tickets/{id}` and \
+                        `Preference-Applied: respond-async`; it is delivered later, exactly \
+                        once. With `wait=N` as well, the answer waits up to N seconds and is \
+                        201 with the ticket when it was delivered by then. Validation errors \
+                        are the same 400/422 either way."),
         ("X-Request-Id" = Option<String>, Header,
          description = "Kept when it is 1 to 128 visible ASCII characters, else replaced by a \
                         fresh id; echoed on every answer and in error bodies."),
@@ -40,6 +47,12 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
     responses(
         (status = 201, description = "The ticket Gorgias created", body = Ticket,
          headers(("X-Request-Id" = String), ("Idempotency-Replayed" = String, description = "`true` on a replay"))),
+        (status = 202, description = "`Prefer: respond-async`: accepted into the outbox; poll `status_url`",
+         body = crate::http::tickets::AcceptedTicket,
+         headers(("Location" = String, description = "`/tickets/{id}`"),
+                 ("Preference-Applied" = String, description = "`respond-async`"),
+                 ("X-Request-Id" = String),
+                 ("Idempotency-Replayed" = String, description = "`true` on a replay"))),
         (status = 400, description = "Malformed JSON, wrong types, unknown or missing fields, or a bad header",
          body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
         (status = 401, description = "Missing or unknown bearer token",
@@ -65,6 +78,31 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
 )]
 #[allow(dead_code)]
 fn create_ticket_doc() {}
+
+/// The status of an asynchronous request.
+#[utoipa::path(
+    get,
+    path = "/tickets/{id}",
+    tag = "tickets",
+    operation_id = "getDelivery",
+    summary = "The status of a ticket accepted with `Prefer: respond-async`",
+    params(("id" = String, Path, description = "The id answered with 202")),
+    responses(
+        (status = 200, description = "Where the delivery stands", body = crate::http::tickets::DeliveryStatus,
+         headers(("X-Request-Id" = String))),
+        (status = 401, description = "Missing or unknown bearer token",
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String), ("X-Request-Id" = String))),
+        (status = 404, description = "No such delivery for this caller",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
+        (status = 503, description = "The outbox cannot be read; retry after Retry-After",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = String), ("X-Request-Id" = String))),
+    ),
+    security((), ("bearer" = []))
+)]
+#[allow(dead_code)]
+fn get_delivery_doc() {}
 
 /// Health endpoints (no token).
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -102,10 +140,12 @@ impl Modify for BearerAuth {
         description = "Opens Gorgias support tickets for internal services.",
         license(name = "MIT", identifier = "MIT")
     ),
-    paths(create_ticket_doc, healthz_doc, readyz_doc),
+    paths(create_ticket_doc, get_delivery_doc, healthz_doc, readyz_doc),
     components(schemas(
         TicketRequest, CustomerIn, TicketIn, MessageIn, AttachmentIn,
-        Ticket, Message, User, Assignee, Attachment, Tag, Problem
+        Ticket, Message, User, Assignee, Attachment, Tag, Problem,
+        crate::http::tickets::AcceptedTicket, crate::http::tickets::DeliveryStatus,
+        crate::outbox::Status
     )),
     modifiers(&BearerAuth),
     tags((name = "tickets"), (name = "operations"))

@@ -9,12 +9,52 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::callers::Caller;
 use crate::error::ApiError;
 use crate::outbox::{Accepted, Delivery, Outbox, Status};
 use crate::state::AppState;
+
+/// The answer to an accepted asynchronous request (202).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AcceptedTicket {
+    /// Opaque id of the delivery.
+    pub id: String,
+    /// Where it stands (`queued`, or later on a replay).
+    pub status: Status,
+    /// `GET` this for its status (also in `Location`).
+    pub status_url: String,
+}
+
+/// `GET /tickets/{id}`: a delivery's status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryStatus {
+    /// Opaque id of the delivery.
+    pub id: String,
+    /// `queued`, `delivering`, `delivered` or `failed`.
+    pub status: Status,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When it was accepted (RFC 3339).
+    pub accepted_at: String,
+    /// When the ticket was recorded (RFC 3339), once delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due (RFC 3339), while queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The ticket, exactly as `POST /ticket` answers it, once delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::output::Ticket>)]
+    pub ticket: Option<Value>,
+    /// The problem a synchronous request would have received: the last one while retrying,
+    /// the final one when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::Problem>)]
+    pub problem: Option<Value>,
+}
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/tickets/{id}", get(status))
@@ -86,7 +126,11 @@ pub(crate) async fn accept(
             let url = status_url(&delivery.id);
             let mut r = (
                 StatusCode::ACCEPTED,
-                Json(json!({"id": delivery.id, "status": delivery.status, "status_url": url})),
+                Json(AcceptedTicket {
+                    id: delivery.id.clone(),
+                    status: delivery.status,
+                    status_url: url.clone(),
+                }),
             )
                 .into_response();
             if let Ok(v) = HeaderValue::from_str(&url) {
@@ -146,7 +190,7 @@ async fn status(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryStatus>, ApiError> {
     let outbox = state.outbox.as_ref().ok_or(ApiError::NotFound)?;
     let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
     let delivery = outbox
@@ -165,34 +209,23 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// The status resource's body.
-fn status_document(d: &Delivery) -> Value {
-    let mut doc = json!({
-        "id": d.id,
-        "status": d.status,
-        "attempts": d.attempts,
-        "accepted_at": rfc3339(d.accepted_at),
-    });
-    if let Some(at) = d.delivered_at {
-        doc["delivered_at"] = json!(rfc3339(at));
+fn status_document(d: &Delivery) -> DeliveryStatus {
+    DeliveryStatus {
+        id: d.id.clone(),
+        status: d.status,
+        attempts: d.attempts,
+        accepted_at: rfc3339(d.accepted_at),
+        delivered_at: d.delivered_at.map(rfc3339),
+        next_attempt_at: d.next_attempt_at.map(rfc3339),
+        ticket: d
+            .ticket
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok()),
+        problem: d
+            .problem
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok()),
     }
-    if let Some(at) = d.next_attempt_at {
-        doc["next_attempt_at"] = json!(rfc3339(at));
-    }
-    if let Some(t) = d
-        .ticket
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-    {
-        doc["ticket"] = t;
-    }
-    if let Some(p) = d
-        .problem
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<Value>(p).ok())
-    {
-        doc["problem"] = p;
-    }
-    doc
 }
 
 #[cfg(test)]
