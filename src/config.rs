@@ -52,6 +52,8 @@ pub struct Config {
     pub outbox: Option<crate::outbox::OutboxTarget>,
     /// How queued deliveries are made.
     pub delivery: crate::outbox::DeliverySettings,
+    /// Where `ticket.delivered` / `ticket.failed` events go, and their signing secret.
+    pub webhook: Option<(Url, secrecy::SecretString)>,
 }
 
 impl Config {
@@ -87,6 +89,7 @@ impl Config {
                 std::path::PathBuf::from("data").join("outbox.db"),
             )),
             delivery: crate::outbox::DeliverySettings::default(),
+            webhook: None,
         }
     }
 }
@@ -226,6 +229,12 @@ pub struct Cli {
     /// Queued deliveries attempted at once.
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 4)]
     pub delivery_concurrency: usize,
+    /// Where `ticket.delivered` and `ticket.failed` events of asynchronous requests are POSTed.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<Url>,
+    /// The events' signing secret (`whsec_` + base64), per Standard Webhooks.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Serve GET /metrics on this address instead of LISTEN_ADDR.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -292,6 +301,23 @@ impl Cli {
             return Err(invalid("DELIVERY_CONCURRENCY", "must be 1 or more"));
         }
         config.delivery.concurrency = self.delivery_concurrency;
+        config.webhook = match (
+            self.webhook_url,
+            self.webhook_secret.filter(|s| !s.trim().is_empty()),
+        ) {
+            (None, None) => None,
+            (Some(url), Some(secret)) => {
+                crate::webhooks::Webhooks::new(url.clone(), &secret)
+                    .map_err(|e| invalid("WEBHOOK_SECRET", &e))?;
+                Some((url, secrecy::SecretString::from(secret)))
+            }
+            (Some(_), None) => {
+                return Err(invalid("WEBHOOK_SECRET", "is required with WEBHOOK_URL"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("WEBHOOK_URL", "is required with WEBHOOK_SECRET"));
+            }
+        };
         config.delivery.max_age = Duration::from_secs(self.delivery_max_age_secs.max(1));
         config.body_limit = self.body_limit_bytes;
         if config.body_limit == 0 {
@@ -569,6 +595,48 @@ mod tests {
         assert_eq!(
             c.into_config().unwrap_err().to_string(),
             "MESSAGE_CHANNEL: must be `phone` or `api`"
+        );
+    }
+
+    #[test]
+    fn webhooks_need_a_url_and_a_base64_secret_together() {
+        let with = |url: Option<&str>, secret: Option<&str>| {
+            Cli {
+                gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
+                gorgias_username: Some("u@example.com".into()),
+                gorgias_api_key: Some("k".into()),
+                gorgias_access_token: None,
+                allow_unauthenticated: true,
+                webhook_url: url.map(|u| Url::parse(u).unwrap()),
+                webhook_secret: secret.map(str::to_owned),
+                ..cli(&[])
+            }
+            .into_config()
+            .map(|c| c.webhook.is_some())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(None, None), Ok(false));
+        assert_eq!(
+            with(
+                Some("http://hooks.internal/x"),
+                Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            ),
+            Ok(true)
+        );
+        assert!(
+            with(Some("http://hooks.internal/x"), None)
+                .unwrap_err()
+                .contains("WEBHOOK_SECRET")
+        );
+        assert!(
+            with(None, Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+                .unwrap_err()
+                .contains("WEBHOOK_URL")
+        );
+        assert!(
+            with(Some("http://hooks.internal/x"), Some("whsec_not base64!"))
+                .unwrap_err()
+                .contains("WEBHOOK_SECRET")
         );
     }
 

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::NewTicket;
 use crate::error::ApiError;
-use crate::outbox::{Claimed, DeliverySettings, Outbox};
+use crate::outbox::{Claimed, DeliverySettings, Outbox, Status};
 use crate::state::AppState;
 use crate::ticketing::TicketingError;
+use crate::webhooks::{Event, Webhooks};
 use gorgias::GorgiasError;
 
 /// Starts the workers and the metrics upkeep on the state's task tracker; they stop claiming
@@ -31,7 +32,76 @@ pub fn start(state: &AppState, stop: &CancellationToken) {
             .tasks
             .spawn(work(state.clone(), outbox.clone(), stop.clone()));
     }
+    if let Some(webhooks) = state.webhooks.clone() {
+        state.tasks.spawn(notify(
+            state.clone(),
+            outbox.clone(),
+            webhooks,
+            stop.clone(),
+        ));
+    }
     state.tasks.spawn(upkeep(outbox, stop.clone()));
+}
+
+/// Sends the events of finished deliveries, in order, each until the receiver takes it or
+/// `max_age` has passed since the delivery finished.
+async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        match outbox.claim_webhook(Duration::from_secs(60)).await {
+            Ok(Some((delivery, attempts, finished_at))) => {
+                let kind = if delivery.status == Status::Delivered {
+                    "ticket.delivered"
+                } else {
+                    "ticket.failed"
+                };
+                let event = Event {
+                    kind,
+                    timestamp: crate::http::tickets::rfc3339(finished_at),
+                    data: crate::http::tickets::status_document(&delivery),
+                };
+                let body = serde_json::to_vec(&event).unwrap_or_default();
+                let outcome = webhooks.send(&format!("msg_{}", delivery.id), body).await;
+                let recorded = match outcome {
+                    Ok(()) => {
+                        crate::metrics::webhook("sent");
+                        outbox.webhook_done(&delivery.id, true).await
+                    }
+                    Err(e) => {
+                        let age = Duration::from_millis(
+                            crate::outbox::now_ms().saturating_sub(finished_at),
+                        );
+                        if age >= state.delivery.max_age {
+                            tracing::warn!(error = %e, attempts, "webhook given up");
+                            crate::metrics::webhook("gave_up");
+                            outbox.webhook_done(&delivery.id, false).await
+                        } else {
+                            tracing::info!(error = %e, attempts, "webhook will be retried");
+                            crate::metrics::webhook("retry");
+                            let wait = backoff(&state.delivery, attempts, &ApiError::Internal);
+                            outbox.webhook_retry(&delivery.id, wait).await
+                        }
+                    }
+                };
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "could not record a webhook's outcome");
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    () = outbox.finished() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read webhooks from the outbox");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+        }
+    }
 }
 
 async fn work(state: AppState, outbox: Outbox, stop: CancellationToken) {
@@ -81,7 +151,9 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
     let recorded = match outcome {
         Ok(ticket) => {
             crate::metrics::delivery("delivered");
-            outbox.delivered(&id, ticket).await
+            outbox
+                .delivered(&id, ticket, state.webhooks.is_some())
+                .await
         }
         Err((err, permanent)) => {
             let problem = serde_json::to_string(&err.problem()).unwrap_or_default();
@@ -92,7 +164,7 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
                     "delivery failed"
                 );
                 crate::metrics::delivery("failed");
-                outbox.failed(&id, problem).await
+                outbox.failed(&id, problem, state.webhooks.is_some()).await
             } else {
                 let wait = backoff(&state.delivery, claimed.attempts, &err);
                 tracing::info!(

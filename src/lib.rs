@@ -24,6 +24,7 @@
 //! - [`output`]: the seed's output model and its one mapping from `gorgias::Ticket`.
 //! - [`delivery`]: the workers that deliver the outbox (retries, backoff, background budget).
 //! - [`idempotency`]: `Idempotency-Key` claims and stored answers (memory or Redis).
+//! - [`webhooks`]: signed `ticket.delivered` / `ticket.failed` events (Standard Webhooks).
 //! - [`outbox`]: the durable outbox behind `Prefer: respond-async` (SQLite), and the status
 //!   resource's rows.
 //! - [`coordination`]: what replicas share through Redis (the client's `SharedBudget`, customer
@@ -53,3 +54,4 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod ticketing;
+pub mod webhooks;

@@ -190,3 +190,8 @@ pub fn outbox_depth(depth: &crate::outbox::Depth) {
 pub fn delivery(outcome: &'static str) {
     counter!("gorgias_proxy_delivery_attempts_total", "outcome" => outcome).increment(1);
 }
+
+/// A webhook send ended: `sent`, `retry` or `gave_up`.
+pub fn webhook(outcome: &'static str) {
+    counter!("gorgias_proxy_webhooks_total", "outcome" => outcome).increment(1);
+}

@@ -229,12 +229,25 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at INTEGER NOT NULL,
     lease_until INTEGER,
     ticket TEXT,
-    problem TEXT
+    problem TEXT,
+    finished_at INTEGER,
+    webhook TEXT,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_key ON deliveries(idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at, seq);
+CREATE INDEX IF NOT EXISTS deliveries_webhooks ON deliveries(webhook, webhook_next_at, seq);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
 ";
+
+/// Columns added after the table's first version, for databases created by it.
+const ADDED_COLUMNS: &[&str] = &[
+    "finished_at INTEGER",
+    "webhook TEXT",
+    "webhook_attempts INTEGER NOT NULL DEFAULT 0",
+    "webhook_next_at INTEGER",
+];
 
 /// How long finished deliveries stay readable (and their keys replayable).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -298,6 +311,10 @@ impl Outbox {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        for column in ADDED_COLUMNS {
+            // Fails with "duplicate column" on every database that has it: that is the point.
+            let _ = conn.execute(&format!("ALTER TABLE deliveries ADD COLUMN {column}"), []);
+        }
         conn.execute_batch(SCHEMA)?;
         // One process owns an SQLite outbox, so a delivery still marked in progress was cut
         // off by this process's previous life (a crash, kill -9): it is due again now, and its
@@ -483,13 +500,20 @@ impl Outbox {
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub async fn delivered(&self, id: &str, ticket: String) -> Result<(), OutboxError> {
+    pub async fn delivered(
+        &self,
+        id: &str,
+        ticket: String,
+        webhook: bool,
+    ) -> Result<(), OutboxError> {
         let id = id.to_owned();
         self.with(move |conn| {
+            let now = sql(now_ms());
             conn.execute(
-                "UPDATE deliveries SET status = 'delivered', delivered_at = ?2, ticket = ?3, \
-                 problem = NULL, request = NULL, lease_until = NULL WHERE id = ?1",
-                params![id, sql(now_ms()), ticket],
+                "UPDATE deliveries SET status = 'delivered', delivered_at = ?2, finished_at = ?2, \
+                 ticket = ?3, problem = NULL, request = NULL, lease_until = NULL, \
+                 webhook = ?4, webhook_next_at = ?2 WHERE id = ?1",
+                params![id, now, ticket, webhook.then_some("pending")],
             )
             .map(|_| ())
         })
@@ -502,13 +526,19 @@ impl Outbox {
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub async fn failed(&self, id: &str, problem: String) -> Result<(), OutboxError> {
+    pub async fn failed(
+        &self,
+        id: &str,
+        problem: String,
+        webhook: bool,
+    ) -> Result<(), OutboxError> {
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
                 "UPDATE deliveries SET status = 'failed', problem = ?2, request = NULL, \
-                 lease_until = NULL WHERE id = ?1",
-                params![id, problem],
+                 lease_until = NULL, finished_at = ?3, webhook = ?4, webhook_next_at = ?3 \
+                 WHERE id = ?1",
+                params![id, problem, sql(now_ms()), webhook.then_some("pending")],
             )
             .map(|_| ())
         })
@@ -533,6 +563,79 @@ impl Outbox {
                 "UPDATE deliveries SET status = 'queued', next_attempt_at = ?2, problem = ?3, \
                  lease_until = NULL WHERE id = ?1",
                 params![id, sql(now_ms() + ms(after)), problem],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Claims the earliest finished delivery whose webhook is due, for `lease` (a crashed
+    /// sender's event is sent again after it: receivers dedupe by `webhook-id`). Returns the
+    /// delivery, its webhook attempts including this one, and when it finished (Unix ms).
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn claim_webhook(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<(Delivery, u32, u64)>, OutboxError> {
+        self.with(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found = tx
+                .query_row(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS}, webhook_attempts, finished_at FROM deliveries \
+                         WHERE webhook = 'pending' AND webhook_next_at <= ?1 ORDER BY seq LIMIT 1"
+                    ),
+                    params![sql(now)],
+                    |row| {
+                        let (d, _) = delivery_row(row)?;
+                        let attempts = u32::try_from(row.get::<_, i64>(9)?).unwrap_or(u32::MAX);
+                        let finished = row.get::<_, Option<i64>>(10)?.map_or(now, unsql);
+                        Ok((d, attempts + 1, finished))
+                    },
+                )
+                .optional()?;
+            if let Some((d, _, _)) = &found {
+                tx.execute(
+                    "UPDATE deliveries SET webhook_attempts = webhook_attempts + 1, \
+                     webhook_next_at = ?2 WHERE id = ?1",
+                    params![d.id, sql(now + ms(lease))],
+                )?;
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Records the webhook's end: `sent`, or `gave_up` after retrying for long enough.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn webhook_done(&self, id: &str, sent: bool) -> Result<(), OutboxError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE deliveries SET webhook = ?2, webhook_next_at = NULL WHERE id = ?1",
+                params![id, if sent { "sent" } else { "gave_up" }],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Sends the webhook again after `after`.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn webhook_retry(&self, id: &str, after: Duration) -> Result<(), OutboxError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE deliveries SET webhook_next_at = ?2 WHERE id = ?1 AND webhook = 'pending'",
+                params![id, sql(now_ms() + ms(after))],
             )
             .map(|_| ())
         })
@@ -667,7 +770,24 @@ mod tests {
         assert_eq!(claimed.id, d.id, "acceptance order");
         assert_eq!(claimed.attempts, 1);
         assert_eq!(claimed.external_id, format!("async-{}", d.id));
-        outbox.delivered(&d.id, "{\"id\":1}".into()).await.unwrap();
+        outbox
+            .delivered(&d.id, "{\"id\":1}".into(), true)
+            .await
+            .unwrap();
+        let (event, attempts, _) = outbox
+            .claim_webhook(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((event.id.as_str(), attempts), (d.id.as_str(), 1));
+        assert!(
+            outbox
+                .claim_webhook(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        outbox.webhook_done(&d.id, true).await.unwrap();
         let got = outbox.get("c", &d.id).await.unwrap().unwrap();
         assert_eq!(got.status, Status::Delivered);
         assert_eq!(got.ticket.as_deref(), Some("{\"id\":1}"));

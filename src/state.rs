@@ -56,6 +56,8 @@ pub struct Shared {
     pub outbox: Option<crate::outbox::Outbox>,
     /// How queued deliveries are made.
     pub delivery: crate::outbox::DeliverySettings,
+    /// Events on delivery, when `WEBHOOK_URL` is set (only with an outbox).
+    pub webhooks: Option<crate::webhooks::Webhooks>,
     /// The requests' work, run apart from their handlers (a caller hanging up does not cancel
     /// it) and awaited by the shutdown drain.
     pub tasks: tokio_util::task::TaskTracker,
@@ -98,6 +100,16 @@ impl AppState {
             })?),
             None => None,
         };
+        let webhooks = match (&config.webhook, &outbox) {
+            (Some((url, secret)), Some(_)) => Some(
+                crate::webhooks::Webhooks::new(
+                    url.clone(),
+                    secrecy::ExposeSecret::expose_secret(secret),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            _ => None,
+        };
         Ok(Self(Arc::new(Shared {
             ticketing: Ticketing::new(client, ticketing_settings),
             body_limit: config.body_limit,
@@ -113,6 +125,7 @@ impl AppState {
             tasks: tokio_util::task::TaskTracker::new(),
             outbox,
             delivery: config.delivery.clone(),
+            webhooks,
         })))
     }
 }

@@ -204,12 +204,13 @@ async fn status(
     Ok(Json(status_document(&delivery)))
 }
 
-fn rfc3339(ms: u64) -> String {
+/// A Unix-ms time in RFC 3339, as the status resource writes it.
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// The status resource's body.
-fn status_document(d: &Delivery) -> DeliveryStatus {
+pub(crate) fn status_document(d: &Delivery) -> DeliveryStatus {
     DeliveryStatus {
         id: d.id.clone(),
         status: d.status,

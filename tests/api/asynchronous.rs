@@ -367,3 +367,117 @@ async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once
         10
     );
 }
+
+/// A webhook receiver: refuses its first request with 500 (so the sender must retry), then
+/// keeps every (headers, body) it gets.
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, bytes::Bytes)>>>,
+) {
+    let got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, bytes::Bytes)>>> =
+        Default::default();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
+                    if !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    got.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_and_verifiable_by_the_receiver() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (hook, got) = receiver().await;
+    let app = spawn_app_with(sim_config(), |c| {
+        c.webhook = Some((hook.parse().unwrap(), SecretString::from(SECRET)));
+        c.delivery.base_backoff = Duration::from_millis(200);
+    })
+    .await;
+    let ok = post_async(&app.http, &app.address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    // The second one is refused by Gorgias (credentials): ticket.failed.
+    until_final(
+        &app.http,
+        &app.address,
+        ok["status_url"].as_str().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+    app.sim.set_credentials(gorgias_sim::Credentials {
+        username: "someone-else@example.com".into(),
+        api_key: "rotated".into(),
+        access_token: None,
+    });
+    let bad = post_async(&app.http, &app.address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+
+    let start = Instant::now();
+    while got.lock().unwrap().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "events did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
+    let events = got.lock().unwrap().clone();
+    let mut seen = Vec::new();
+    for (headers, body) in &events {
+        verifier
+            .verify(body, headers)
+            .expect("every event verifies with the shared secret");
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            headers["webhook-id"].to_str().unwrap(),
+            format!("msg_{}", event["data"]["id"].as_str().unwrap())
+        );
+        seen.push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"]["id"].clone(),
+        ));
+        // A tampered body does not verify.
+        let mut tampered = body.to_vec();
+        tampered[1] ^= 1;
+        assert!(verifier.verify(&tampered, headers).is_err());
+    }
+    // The first event was refused once by the receiver and sent again, so it may come second.
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        [
+            ("ticket.delivered".to_owned(), ok["id"].clone()),
+            ("ticket.failed".to_owned(), bad["id"].clone())
+        ],
+    );
+    for (_, body) in &events {
+        let event: Value = serde_json::from_slice(body).unwrap();
+        match event["type"].as_str() {
+            Some("ticket.delivered") => assert!(event["data"]["ticket"]["id"].is_string()),
+            _ => assert_eq!(event["data"]["problem"]["code"], "upstream_auth"),
+        }
+    }
+}
