@@ -229,6 +229,10 @@ pub struct Cli {
     /// Queued deliveries attempted at once.
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 4)]
     pub delivery_concurrency: usize,
+    /// With a PostgreSQL outbox: how long a replica's claim on a delivery lasts without
+    /// renewal, i.e. how soon another replica takes over the deliveries of one that crashed.
+    #[arg(long, env = "DELIVERY_LEASE_SECS", default_value_t = 60)]
+    pub delivery_lease_secs: u64,
     /// Where `ticket.delivered` and `ticket.failed` events of asynchronous requests are POSTed.
     #[arg(long, env = "WEBHOOK_URL")]
     pub webhook_url: Option<Url>,
@@ -301,6 +305,10 @@ impl Cli {
             return Err(invalid("DELIVERY_CONCURRENCY", "must be 1 or more"));
         }
         config.delivery.concurrency = self.delivery_concurrency;
+        if self.delivery_lease_secs < 3 {
+            return Err(invalid("DELIVERY_LEASE_SECS", "must be 3 or more"));
+        }
+        config.delivery.lease = Duration::from_secs(self.delivery_lease_secs);
         config.webhook = match (
             self.webhook_url,
             self.webhook_secret.filter(|s| !s.trim().is_empty()),

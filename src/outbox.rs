@@ -52,8 +52,10 @@ impl Default for DeliverySettings {
 /// Where the outbox lives (`OUTBOX_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxTarget {
-    /// An SQLite file.
+    /// An SQLite file: one replica.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…`): any number of replicas.
+    Postgres(String),
 }
 
 impl OutboxTarget {
@@ -72,13 +74,9 @@ impl OutboxTarget {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(
-                "a PostgreSQL outbox is not available in this version; use the embedded SQLite \
-                 outbox (leave OUTBOX_URL unset) with one replica"
-                    .into(),
-            );
+            return Ok(Self::Postgres(url.to_owned()));
         }
-        Err("must be sqlite://PATH (or unset for $DATA_DIR/outbox.db)".into())
+        Err("must be sqlite://PATH or postgres://… (or unset for $DATA_DIR/outbox.db)".into())
     }
 }
 
@@ -188,6 +186,12 @@ pub enum OutboxError {
         /// Why.
         source: std::io::Error,
     },
+    /// PostgreSQL failed.
+    #[error("the outbox database failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had.
+    #[error("the outbox database cannot be reached: {0}")]
+    Pool(String),
     /// A blocking task did not finish (the runtime is shutting down).
     #[error("the outbox task did not finish")]
     Task,
@@ -200,18 +204,28 @@ pub struct Outbox {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    backend: Backend,
     /// Woken when a delivery is accepted (the worker need not poll for new work).
     accepted: Notify,
     /// Woken when a delivery finishes (requests waiting with `wait=N` look again).
     finished: Notify,
 }
 
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(deadpool_postgres::Pool),
+}
+
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Outbox(sqlite)")
+        f.write_str(match self.inner.backend {
+            Backend::Sqlite(_) => "Outbox(sqlite)",
+            Backend::Postgres(_) => "Outbox(postgres)",
+        })
     }
 }
+
+mod postgres;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -258,7 +272,7 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -296,8 +310,15 @@ impl Outbox {
     ///
     /// # Errors
     /// When the directory or database cannot be created or opened.
-    pub fn open(target: &OutboxTarget) -> Result<Self, OutboxError> {
-        let OutboxTarget::Sqlite(path) = target;
+    pub async fn open(target: &OutboxTarget) -> Result<Self, OutboxError> {
+        let path = match target {
+            OutboxTarget::Sqlite(path) => path,
+            OutboxTarget::Postgres(url) => {
+                return Ok(Self::with_backend(Backend::Postgres(
+                    postgres::open(url).await?,
+                )));
+            }
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| OutboxError::Directory {
                 path: dir.to_owned(),
@@ -324,13 +345,24 @@ impl Outbox {
              WHERE status = 'delivering'",
             params![sql(now_ms())],
         )?;
-        Ok(Self {
+        Ok(Self::with_backend(Backend::Sqlite(Mutex::new(conn))))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                backend,
                 accepted: Notify::new(),
                 finished: Notify::new(),
             }),
-        })
+        }
+    }
+
+    fn postgres(&self) -> Option<&deadpool_postgres::Pool> {
+        match &self.inner.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// Runs `f` on the connection on a blocking thread.
@@ -340,7 +372,10 @@ impl Outbox {
     ) -> Result<T, OutboxError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&inner.conn);
+            let Backend::Sqlite(conn) = &inner.backend else {
+                return Err(OutboxError::Task);
+            };
+            let mut conn = lock(conn);
             f(&mut conn).map_err(OutboxError::from)
         })
         .await
@@ -358,6 +393,13 @@ impl Outbox {
         fingerprint: &str,
         request: &[u8],
     ) -> Result<Accepted, OutboxError> {
+        if let Some(pool) = self.postgres() {
+            let accepted = postgres::accept(pool, caller, key, fingerprint, request).await?;
+            if matches!(accepted, Accepted::New(_)) {
+                self.inner.accepted.notify_one();
+            }
+            return Ok(accepted);
+        }
         let (caller, key, fingerprint, request) = (
             caller.to_owned(),
             key.map(|k| format!("{caller}:{k}")),
@@ -425,6 +467,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be read.
     pub async fn get(&self, caller: &str, id: &str) -> Result<Option<Delivery>, OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::get(pool, caller, id).await;
+        }
         let (caller, id) = (caller.to_owned(), id.to_owned());
         self.with(move |conn| {
             conn.query_row(
@@ -444,6 +489,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::claim(pool, lease).await;
+        }
         self.with(move |conn| {
             let now = now_ms();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -485,6 +533,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn renew(&self, id: &str, lease: Duration) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::renew(pool, id, lease).await;
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
@@ -506,6 +557,11 @@ impl Outbox {
         ticket: String,
         webhook: bool,
     ) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            postgres::delivered(pool, id, &ticket, webhook).await?;
+            self.inner.finished.notify_waiters();
+            return Ok(());
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             let now = sql(now_ms());
@@ -532,6 +588,11 @@ impl Outbox {
         problem: String,
         webhook: bool,
     ) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            postgres::failed(pool, id, &problem, webhook).await?;
+            self.inner.finished.notify_waiters();
+            return Ok(());
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
@@ -557,6 +618,9 @@ impl Outbox {
         after: Duration,
         problem: String,
     ) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::retry_after(pool, id, after, &problem).await;
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
@@ -579,6 +643,9 @@ impl Outbox {
         &self,
         lease: Duration,
     ) -> Result<Option<(Delivery, u32, u64)>, OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::claim_webhook(pool, lease).await;
+        }
         self.with(move |conn| {
             let now = now_ms();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -615,6 +682,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn webhook_done(&self, id: &str, sent: bool) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::webhook_done(pool, id, sent).await;
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
@@ -631,6 +701,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn webhook_retry(&self, id: &str, after: Duration) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::webhook_retry(pool, id, after).await;
+        }
         let id = id.to_owned();
         self.with(move |conn| {
             conn.execute(
@@ -648,6 +721,9 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be read or written.
     pub async fn upkeep(&self) -> Result<Depth, OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::upkeep(pool).await;
+        }
         self.with(move |conn| {
             let now = now_ms();
             conn.execute(
@@ -684,6 +760,9 @@ impl Outbox {
     /// # Errors
     /// When it cannot.
     pub async fn check_writable(&self) -> Result<(), OutboxError> {
+        if let Some(pool) = self.postgres() {
+            return postgres::check_writable(pool).await;
+        }
         self.with(|conn| {
             conn.execute(
                 "INSERT INTO heartbeat (id, at) VALUES (1, ?1) \
@@ -717,11 +796,13 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 mod tests {
     use super::*;
 
-    fn temp_outbox() -> (Outbox, PathBuf) {
+    async fn temp_outbox() -> (Outbox, PathBuf) {
         let dir = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::new_v4()));
         let path = dir.join("outbox.db");
         (
-            Outbox::open(&OutboxTarget::Sqlite(path.clone())).unwrap(),
+            Outbox::open(&OutboxTarget::Sqlite(path.clone()))
+                .await
+                .unwrap(),
             dir,
         )
     }
@@ -737,13 +818,16 @@ mod tests {
             OutboxTarget::parse(Some("sqlite:///tmp/x.db"), data).unwrap(),
             OutboxTarget::Sqlite("/tmp/x.db".into())
         );
-        assert!(OutboxTarget::parse(Some("postgres://db/x"), data).is_err());
+        assert_eq!(
+            OutboxTarget::parse(Some("postgres://db/x"), data).unwrap(),
+            OutboxTarget::Postgres("postgres://db/x".into())
+        );
         assert!(OutboxTarget::parse(Some("mysql://db/x"), data).is_err());
     }
 
     #[tokio::test]
     async fn accept_claim_deliver_and_replay_by_key() {
-        let (outbox, dir) = temp_outbox();
+        let (outbox, dir) = temp_outbox().await;
         let Accepted::New(d) = outbox.accept("c", Some("k"), "f", b"{}").await.unwrap() else {
             panic!("new")
         };
@@ -796,7 +880,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lapsed_lease_is_claimed_again_and_a_retry_waits_its_turn() {
-        let (outbox, dir) = temp_outbox();
+        let (outbox, dir) = temp_outbox().await;
         let Accepted::New(d) = outbox.accept("c", None, "f", b"{}").await.unwrap() else {
             panic!("new")
         };

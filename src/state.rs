@@ -95,7 +95,7 @@ impl AppState {
             None => IdempotencyStore::memory(config.idempotency_ttl),
         };
         let outbox = match &config.outbox {
-            Some(target) => Some(crate::outbox::Outbox::open(target).map_err(|e| {
+            Some(target) => Some(crate::outbox::Outbox::open(target).await.map_err(|e| {
                 anyhow::anyhow!("the outbox (DATA_DIR / OUTBOX_URL) cannot be used: {e}")
             })?),
             None => None,

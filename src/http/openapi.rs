@@ -82,11 +82,13 @@ fn create_ticket_doc() {}
 /// The status of an asynchronous request.
 #[utoipa::path(
     get,
-    path = "/tickets/{id}",
+    path = "/tickets/{delivery_id}",
     tag = "tickets",
     operation_id = "getDelivery",
     summary = "The status of a ticket accepted with `Prefer: respond-async`",
-    params(("id" = String, Path, description = "The id answered with 202")),
+    description = "`delivery_id` is the `id` of the 202 answer (also in its `Location`), not the \
+                   Gorgias ticket id of a 201.",
+    params(("delivery_id" = String, Path, description = "The `id` answered with 202")),
     responses(
         (status = 200, description = "Where the delivery stands", body = crate::http::tickets::DeliveryStatus,
          headers(("X-Request-Id" = String))),

@@ -178,8 +178,15 @@ async fn wait_for(
             Ok(Some(d)) => last = d,
             _ => return last,
         }
-        if tokio::time::timeout_at(until, finished).await.is_err() {
-            return last;
+        // Woken by a delivery finishing here; with a shared outbox another replica may finish
+        // it, so look again at least every 250 ms.
+        let next_look = until.min(tokio::time::Instant::now() + Duration::from_millis(250));
+        let _ = tokio::time::timeout_at(next_look, finished).await;
+        if tokio::time::Instant::now() >= until {
+            return match outbox.get(caller.as_str(), &last.id).await {
+                Ok(Some(d)) => d,
+                _ => last,
+            };
         }
     }
 }

@@ -481,3 +481,141 @@ async fn webhooks_are_signed_retried_and_verifiable_by_the_receiver() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_postgresql_drain_one_queue_each_ticket_once() {
+    let Some(outbox) = crate::helpers::postgres_outbox_url().await else {
+        return;
+    };
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off", "--latency-ms", "20"]);
+    let env = [
+        ("OUTBOX_URL", outbox.as_str()),
+        ("TICKET_CHANNEL", "phone"),
+        ("DELIVERY_CONCURRENCY", "2"),
+    ];
+    let (_a, a) = start_proxy(&sim_url, &env);
+    let (_b, b) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for i in 0..30 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let body = ticket_for(&format!("+1 555 09{:05}", i % 10), None);
+        let resp = post_async(&http, replica, &body, "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        urls.push(
+            resp.json::<Value>().await.unwrap()["status_url"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Either replica answers for any delivery: one queue.
+    for url in &urls {
+        let doc = until_final(&http, &b, url, Duration::from_secs(60)).await;
+        assert_eq!(doc["status"], "delivered", "{doc}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats: gorgias_sim::Stats = http
+        .get(format!("{sim_url}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.tickets_created, 30, "each ticket once");
+    let delivered_by = |metrics: String| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("gorgias_proxy_delivery_attempts_total{outcome=\"delivered\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut total = 0.0;
+    for replica in [&a, &b] {
+        let m = http
+            .get(format!("{replica}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n = delivered_by(m);
+        assert!(n > 0.0, "both replicas drained the queue");
+        total += n;
+    }
+    assert_eq!(total, 30.0);
+}
+
+#[tokio::test]
+async fn a_crashed_replicas_deliveries_are_taken_over_after_the_lease_each_once() {
+    let Some(outbox) = crate::helpers::postgres_outbox_url().await else {
+        return;
+    };
+    // Gorgias stores each ticket, then takes 2 s to answer.
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off", "--commit-latency-ms", "2000"]);
+    let env = [
+        ("OUTBOX_URL", outbox.as_str()),
+        ("TICKET_CHANNEL", "phone"),
+        ("DELIVERY_CONCURRENCY", "2"),
+        ("DELIVERY_LEASE_SECS", "3"),
+    ];
+    let (mut a, a_url) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for i in 0..6 {
+        let body = ticket_for(&format!("+1 555 06{i:05}"), None);
+        let resp = post_async(&http, &a_url, &body, "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        urls.push(
+            resp.json::<Value>().await.unwrap()["status_url"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let created = || async {
+        http.get(format!("{sim_url}/_sim/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json::<gorgias_sim::Stats>()
+            .await
+            .unwrap()
+            .tickets_created
+    };
+    let start = Instant::now();
+    while created().await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.0.kill().unwrap(); // mid-delivery: tickets saved by Gorgias, not recorded by A
+    a.0.wait().unwrap();
+    let (_b, b_url) = start_proxy(&sim_url, &env);
+    let start = Instant::now();
+    while created().await < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every delivery ends delivered on the survivor, those A held included (after its lease).
+    for url in &urls {
+        let doc = until_final(&http, &b_url, url, Duration::from_secs(30)).await;
+        assert_eq!(doc["status"], "delivered", "{doc}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        created().await,
+        6,
+        "the taken-over deliveries found their tickets"
+    );
+}

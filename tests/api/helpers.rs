@@ -164,6 +164,35 @@ pub async fn settings_warmed(sim: &Simulator) {
     panic!("the service never fetched the account settings");
 }
 
+/// A fresh, empty PostgreSQL schema to test against, as an `OUTBOX_URL`: `POSTGRES_URL` with
+/// its `search_path` set to a new schema. Unset, the test skips with a note, except in CI
+/// (`CI` set), where it must run.
+pub async fn postgres_outbox_url() -> Option<String> {
+    let base = match std::env::var("POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but POSTGRES_URL is not: .ci/run must start PostgreSQL")
+        }
+        _ => {
+            eprintln!(
+                "skipped: POSTGRES_URL is not set (start PostgreSQL and set it to run this test)"
+            );
+            return None;
+        }
+    };
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}
+
 /// The Redis to test against: `REDIS_URL`. Unset, Redis tests skip with a note, except in CI
 /// (`CI` set), where they must run: a Redis test never silently skips there.
 pub fn redis_url() -> Option<String> {
