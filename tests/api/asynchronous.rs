@@ -9,8 +9,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    example, serve, sim_config, spawn_app_with, start_proxy, start_sim, temp_data_dir, test_config,
-    ticket_for, unique,
+    example, serve, sim_config, sim_stats, spawn_app_with, start_proxy, start_sim, temp_data_dir,
+    test_config, ticket_for, unique,
 };
 
 fn post_async(
@@ -301,14 +301,7 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
         let doc = until_final(&http, &address, url, Duration::from_secs(60)).await;
         assert_eq!(doc["status"], "delivered", "{doc}");
     }
-    let stats: gorgias_sim::Stats = http
-        .get(format!("http://{addr}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = sim_stats(&http, &format!("http://{addr}")).await;
     assert_eq!(stats.tickets_created, 20, "each delivered once");
 }
 
@@ -332,28 +325,19 @@ async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once
             .unwrap();
         assert_eq!(resp.status(), 202);
     }
-    let stats = |http: reqwest::Client, url: String| async move {
-        http.get(format!("{url}/_sim/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json::<gorgias_sim::Stats>()
-            .await
-            .unwrap()
-    };
     let start = Instant::now();
-    while stats(http.clone(), sim_url.clone()).await.tickets_created == 0 {
+    while sim_stats(&http, &sim_url).await.tickets_created == 0 {
         assert!(start.elapsed() < Duration::from_secs(15));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.0.kill().unwrap(); // SIGKILL, with tickets saved by Gorgias but not recorded by us
     first.0.wait().unwrap();
-    let saved_before_restart = stats(http.clone(), sim_url.clone()).await.tickets_created;
+    let saved_before_restart = sim_stats(&http, &sim_url).await.tickets_created;
     assert!(saved_before_restart < 10, "deliveries were still queued");
 
     let (_second, _) = start_proxy(&sim_url, &env);
     let start = Instant::now();
-    while stats(http.clone(), sim_url.clone()).await.tickets_created < 10 {
+    while sim_stats(&http, &sim_url).await.tickets_created < 10 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "not all delivered"
@@ -362,10 +346,7 @@ async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once
     }
     // Let any duplicate show up before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        stats(http.clone(), sim_url.clone()).await.tickets_created,
-        10
-    );
+    assert_eq!(sim_stats(&http, &sim_url).await.tickets_created, 10);
 }
 
 /// A webhook receiver: refuses its first request with 500 (so the sender must retry), then
@@ -518,14 +499,7 @@ async fn two_replicas_on_one_postgresql_drain_one_queue_each_ticket_once() {
         assert_eq!(doc["status"], "delivered", "{doc}");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stats: gorgias_sim::Stats = http
-        .get(format!("{sim_url}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = sim_stats(&http, &sim_url).await;
     assert_eq!(stats.tickets_created, 30, "each ticket once");
     let delivered_by = |metrics: String| {
         metrics
@@ -581,16 +555,7 @@ async fn a_crashed_replicas_deliveries_are_taken_over_after_the_lease_each_once(
                 .to_owned(),
         );
     }
-    let created = || async {
-        http.get(format!("{sim_url}/_sim/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json::<gorgias_sim::Stats>()
-            .await
-            .unwrap()
-            .tickets_created
-    };
+    let created = || async { sim_stats(&http, &sim_url).await.tickets_created };
     let start = Instant::now();
     while created().await == 0 {
         assert!(start.elapsed() < Duration::from_secs(15));
