@@ -584,3 +584,48 @@ async fn a_crashed_replicas_deliveries_are_taken_over_after_the_lease_each_once(
         "the taken-over deliveries found their tickets"
     );
 }
+
+#[tokio::test]
+async fn an_outbox_that_cannot_be_written_makes_the_replica_unready_and_async_requests_503() {
+    let Some(outbox) = crate::helpers::postgres_outbox_url().await else {
+        return;
+    };
+    let schema = outbox.rsplit("search_path%3D").next().unwrap().to_owned();
+    let app = spawn_app_with(sim_config(), |c| {
+        c.outbox = Some(gorgias_proxy::outbox::OutboxTarget::Postgres(
+            outbox.clone(),
+        ));
+    })
+    .await;
+    let readyz = || app.http.get(format!("{}/readyz", app.address)).send();
+    assert_eq!(readyz().await.unwrap().status(), 200);
+
+    // The outbox's tables disappear (a dropped schema, a revoked grant): nothing can be queued.
+    let base = std::env::var("POSTGRES_URL").unwrap();
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+
+    let ready = readyz().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let problem: Value = ready.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("outbox"),
+        "{problem}"
+    );
+    let resp = post_async(&app.http, &app.address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "outbox_unavailable");
+    // Synchronous requests do not need the outbox.
+    assert_eq!(app.post_ticket(&example()).await.status(), 201);
+}
