@@ -24,6 +24,7 @@
 
 mod client;
 mod error;
+mod lenient;
 mod metrics;
 mod models;
 mod pacing;

@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Number, Value};
-use serde_with::{DefaultOnError, serde_as};
+use serde_with::serde_as;
+
+use crate::lenient::{Lenient, ObjectList, Present};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -179,12 +181,14 @@ pub(crate) struct SearchQuery<'a> {
 // ---------------------------------------------------------------------------------------------
 
 /// A customer as the client reports it: its id and, when Gorgias knows one, its email.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     /// Gorgias's customer id.
     pub id: u64,
     /// Primary email, when set.
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(deserialize_as = "Lenient")]
     pub email: Option<String>,
 }
 
@@ -231,15 +235,20 @@ pub struct PhoneHit {
 /// A search item: a channel record `{address, customer: {id}}`, or a customer-shaped item
 /// `{id, channels: [...]}` as other search types return. The item shape of
 /// `customer_channel_phone` is not recorded live, so both are read.
+#[serde_as]
 #[derive(Debug, Deserialize)]
 pub(crate) struct SearchItem {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     address: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     customer: Option<IdOnly>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     id: Option<Id>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     channels: Vec<ChannelItem>,
 }
 
@@ -248,11 +257,14 @@ struct IdOnly {
     id: Id,
 }
 
+#[serde_as]
 #[derive(Debug, Deserialize)]
 struct ChannelItem {
-    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    #[serde(rename = "type", default)]
+    #[serde_as(as = "Lenient")]
     kind: String,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     address: Option<String>,
 }
 
@@ -282,15 +294,19 @@ impl SearchItem {
 
 /// `GET /api/account/settings`: a list of typed settings; only `ticket-assignment` is read.
 /// New setting types appear (`auto-split`, `default-integration`), so unknown ones are skipped.
+#[serde_as]
 #[derive(Debug, Deserialize)]
 pub(crate) struct Settings {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
     data: Vec<Setting>,
 }
 
+#[serde_as]
 #[derive(Debug, Deserialize)]
 struct Setting {
-    #[serde(rename = "type", default, deserialize_with = "lenient")]
+    #[serde(rename = "type", default)]
+    #[serde_as(as = "Lenient")]
     kind: String,
     #[serde(default)]
     data: Value,
@@ -423,86 +439,86 @@ impl<'de> Deserialize<'de> for TicketId {
 #[serde(default)]
 pub struct Ticket {
     /// Gorgias's id; `None` only when the answer had no readable id.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub id: Option<TicketId>,
     /// The assigned agent.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub assignee_user: Option<Assignee>,
     /// The ticket channel (any string: unknown slugs pass through).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub channel: String,
     /// When it was closed.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub closed_datetime: Option<String>,
     /// When it was created.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub created_datetime: Option<String>,
     /// A short excerpt (list items); `None` when absent.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub excerpt: Option<String>,
     /// Our idempotency marker, when set.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub external_id: Option<String>,
     /// Opened by an agent.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub from_agent: bool,
     /// Integrations (list items): absent → `None`; present but not a list → `Some(None)`.
-    #[serde(deserialize_with = "present")]
+    #[serde_as(as = "Present")]
     pub integrations: Option<Option<Vec<Value>>>,
     /// Unread by agents.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub is_unread: bool,
     /// Detected language.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub language: Option<String>,
     /// Last message time.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub last_message_datetime: Option<String>,
     /// Last message received from the customer.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub last_received_message_datetime: Option<String>,
     /// How many messages (list items).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub messages_count: Option<Number>,
     /// The messages; `None` when Gorgias sent no list (an abridged list item). An item that is
     /// not a message object reads as an empty message rather than losing the ticket.
-    #[serde_as(as = "DefaultOnError<Option<Vec<DefaultOnError>>>")]
+    #[serde_as(as = "Lenient<Option<Vec<Lenient>>>")]
     pub messages: Option<Vec<Message>>,
     /// Free key-value data.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub meta: Option<Map<String, Value>>,
     /// When an agent opened it (`null` on create, live).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub opened_datetime: Option<String>,
     /// Snoozed until.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub snooze_datetime: Option<String>,
     /// `open`, `closed`, or any new value.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub status: String,
     /// `normal` and others.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub priority: Option<String>,
     /// The subject.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub subject: Option<String>,
     /// Tags; items that are not objects are skipped.
-    #[serde(deserialize_with = "lenient_list")]
+    #[serde_as(as = "ObjectList")]
     pub tags: Vec<Tag>,
     /// Spam flag.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub spam: Option<bool>,
     /// When it was trashed.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub trashed_datetime: Option<String>,
     /// Last update.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub updated_datetime: Option<String>,
     /// How it came in.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub via: String,
     /// Its API path.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub uri: String,
 }
 
@@ -512,97 +528,97 @@ pub struct Ticket {
 #[serde(default)]
 pub struct Message {
     /// Gorgias's id (0 when unreadable).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub id: Id,
     /// Its API path.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub uri: String,
     /// Email `Message-ID`, when any.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub message_id: Option<String>,
     /// The integration it came through.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub integration_id: Option<Id>,
     /// The rule that wrote it.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub rule_id: Option<Id>,
     /// The caller's message id, when sent.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub external_id: Option<String>,
     /// Its ticket.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub ticket_id: Id,
     /// Its channel.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub channel: String,
     /// How it came in (`api` when not sent).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub via: String,
     /// Subject.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub subject: Option<String>,
     /// Plain text body.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub body_text: Option<String>,
     /// HTML body (`null` when not sent, live).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub body_html: Option<String>,
     /// Text without quotes.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub stripped_text: Option<String>,
     /// HTML without quotes.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub stripped_html: Option<String>,
     /// The signature Gorgias detected.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub stripped_signature: Option<String>,
     /// Visible to the customer.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub public: bool,
     /// Written by an agent.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub from_agent: bool,
     /// Who wrote it.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub sender: Option<Person>,
     /// Who receives it.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub receiver: Option<Person>,
     /// Files (`null` when none were sent, live); unreadable items are skipped.
-    #[serde(deserialize_with = "lenient_list")]
+    #[serde_as(as = "ObjectList")]
     pub attachments: Vec<Attachment>,
     /// Free key-value data.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub meta: Option<Map<String, Value>>,
     /// Email headers.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub headers: Option<Map<String, Value>>,
     /// Actions run.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub actions: Option<Vec<Value>>,
     /// Macros applied.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub macros: Option<Vec<Value>>,
     /// Created.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub created_datetime: Option<String>,
     /// Opened by the recipient.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub opened_datetime: Option<String>,
     /// Failed to send.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub failed_datetime: Option<String>,
     /// Why sending failed.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub last_sending_error: Option<Map<String, Value>>,
     /// Deleted.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub deleted_datetime: Option<String>,
     /// Absent → `None`; present → `Some(value or None)`.
-    #[serde(deserialize_with = "present")]
+    #[serde_as(as = "Present")]
     pub replied_by: Option<Option<String>>,
     /// Absent → `None`; present → `Some(value or None)`.
-    #[serde(deserialize_with = "present")]
+    #[serde_as(as = "Present")]
     pub replied_to: Option<Option<String>>,
 }
 
@@ -612,22 +628,22 @@ pub struct Message {
 #[serde(default)]
 pub struct Person {
     /// Gorgias's id.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub id: Id,
     /// First name (`""` when unset).
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub firstname: String,
     /// Last name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub lastname: String,
     /// Free key-value data.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub meta: Option<Map<String, Value>>,
     /// Email.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub email: Option<String>,
     /// Full name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub name: Option<String>,
 }
 
@@ -637,25 +653,25 @@ pub struct Person {
 #[serde(default)]
 pub struct Assignee {
     /// Gorgias's id.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub id: Id,
     /// First name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub firstname: String,
     /// Last name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub lastname: String,
     /// Free key-value data.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub meta: Option<Map<String, Value>>,
     /// Email.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub email: String,
     /// Full name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub name: String,
     /// Bio.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub bio: Option<String>,
 }
 
@@ -665,22 +681,22 @@ pub struct Assignee {
 #[serde(default)]
 pub struct Attachment {
     /// Where it is.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub url: String,
     /// File name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub name: String,
     /// Size in bytes, as Gorgias wrote it.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub size: Option<Number>,
     /// MIME type.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub content_type: String,
     /// Public link; Gorgias echoes `true` for hosted URLs, and absent means that default.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub public: Option<bool>,
     /// Extra data.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub extra: Option<String>,
 }
 
@@ -690,58 +706,23 @@ pub struct Attachment {
 #[serde(default)]
 pub struct Tag {
     /// Gorgias's id.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub id: Id,
     /// The tag's name.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub name: String,
     /// Its API path.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub uri: Option<String>,
     /// Colour and such.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub decoration: Option<Map<String, Value>>,
     /// Created.
-    #[serde_as(as = "DefaultOnError")]
+    #[serde_as(as = "Lenient")]
     pub created_datetime: Option<String>,
     /// Absent → `None`; present → `Some(value or None)`.
-    #[serde(deserialize_with = "present")]
+    #[serde_as(as = "Present")]
     pub deleted_datetime: Option<Option<String>>,
-}
-
-/// Any value; the empty one when it is `null` or of the wrong type.
-fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned + Default,
-{
-    Ok(T::deserialize(Value::deserialize(d)?).unwrap_or_default())
-}
-
-/// A list: `null` or a non-list becomes empty, and items that cannot be read are skipped.
-fn lenient_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    Ok(match Value::deserialize(d)? {
-        Value::Array(items) => items
-            .into_iter()
-            .filter(Value::is_object)
-            .filter_map(|v| T::deserialize(v).ok())
-            .collect(),
-        _ => Vec::new(),
-    })
-}
-
-/// A key Gorgias may leave out: absent stays `None` (with `#[serde(default)]`), present becomes
-/// `Some(value)`, with `None` inside for `null` or a wrong type.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    Ok(Some(T::deserialize(Value::deserialize(d)?).ok()))
 }
 
 #[cfg(test)]
