@@ -62,11 +62,11 @@ async fn create_ticket(
         let external_id = uuid::Uuid::new_v4().to_string();
         let work = {
             let state = state.clone();
-            async move {
+            Box::pin(async move {
                 create(&state, parsed, &external_id, false)
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
-            }
+            })
         };
         return detached(&state, work).await;
     };
@@ -93,7 +93,7 @@ async fn create_ticket(
     let external_id = idempotency::external_id(&key, &fingerprint);
     let work = {
         let state = state.clone();
-        async move {
+        Box::pin(async move {
             let reconcile_first = token.reconcile_first;
             // The lease lives exactly as long as the work: renewed alongside it, gone with it.
             let resp = tokio::select! {
@@ -105,7 +105,7 @@ async fn create_ticket(
                 }
             };
             settle(&state, token, resp).await
-        }
+        })
     };
     detached(&state, work).await
 }
@@ -114,9 +114,12 @@ async fn create_ticket(
 /// hangs up (its timeout, a proxy's) drops this handler, but not the work. The ticket is still
 /// made once, and with a key its answer is stored for the caller's retry; without one, the
 /// customer and ticket calls are not left half done.
+///
+/// The work comes boxed: its state machine (the whole customer-and-ticket use case) is some
+/// 10 KB, and unboxed it was copied several times per request on its way into the task.
 async fn detached(
     state: &AppState,
-    work: impl Future<Output = Response> + Send + 'static,
+    work: std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'static>>,
 ) -> Result<Response, ApiError> {
     let request_id = crate::request_id::current_request_id();
     let span = tracing::Span::current();

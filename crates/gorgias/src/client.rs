@@ -131,6 +131,9 @@ pub struct ClientSettings {
 pub struct GorgiasClient {
     http: reqwest::Client,
     base_url: Url,
+    /// The URLs of the fixed paths ([`FIXED_PATHS`]), joined once: joining parses the URL
+    /// again, a cost every call would otherwise pay.
+    fixed_urls: Arc<[(&'static str, Url)]>,
     auth: HeaderValue,
     attempt_timeout: Duration,
     retry: RetryPolicy,
@@ -179,6 +182,14 @@ enum Resend {
     Never,
 }
 
+/// The paths called without parameters in the path.
+const FIXED_PATHS: [&str; 4] = [
+    "api/tickets",
+    "api/customers",
+    "api/search",
+    "api/account/settings",
+];
+
 /// Least time left in the request's deadline for a create to be sent: enough for Gorgias to
 /// answer and, if its answer is lost, for the lookup that reconciles it.
 const MIN_WRITE_BUDGET: Duration = Duration::from_millis(1500);
@@ -212,9 +223,14 @@ impl GorgiasClient {
             let path = format!("{}/", base_url.path());
             base_url.set_path(&path);
         }
+        let fixed_urls = FIXED_PATHS
+            .iter()
+            .filter_map(|path| Some((*path, base_url.join(path).ok()?)))
+            .collect();
         Ok(Self {
             http,
             base_url,
+            fixed_urls,
             auth,
             attempt_timeout: settings.attempt_timeout,
             retry: settings.retry,
@@ -460,7 +476,10 @@ impl GorgiasClient {
         deadline: Instant,
         resend: Resend,
     ) -> Result<Bytes, GorgiasError> {
-        let url = endpoint_url(&self.base_url, path, endpoint)?;
+        let url = match self.fixed_urls.iter().find(|(fixed, _)| *fixed == path) {
+            Some((_, url)) => url.clone(),
+            None => endpoint_url(&self.base_url, path, endpoint)?,
+        };
         let mut delays = self.retry.delays();
         loop {
             let err = match self
