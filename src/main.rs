@@ -6,12 +6,6 @@ use gorgias_proxy::app::{Application, shutdown_signal};
 use gorgias_proxy::config::{Cli, Command};
 use gorgias_proxy::{commands, sandbox, telemetry};
 
-/// mimalloc rather than the system allocator: the request path allocates many small, short-lived
-/// strings (JSON in and out), across threads; glibc's malloc spent about a tenth of the
-/// service's CPU on them under load (`scripts/bench`, perf).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // A missing .env is the normal case in containers.
