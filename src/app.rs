@@ -52,6 +52,7 @@ impl Application {
             conn_limits: crate::server::ConnLimits {
                 header_read_timeout: config.header_read_timeout,
                 max_connections: config.max_connections,
+                threads: config.server_threads,
                 ..Default::default()
             },
         })
@@ -111,7 +112,14 @@ impl Application {
             let _ = stopping_tx.send(());
         };
         let serve = async move {
-            crate::server::serve(self.listener, app, signal, self.conn_limits).await?;
+            crate::server::serve_per_core(
+                self.listener,
+                app,
+                signal,
+                self.conn_limits,
+                tasks.clone(),
+            )
+            .await?;
             // Work whose caller hung up still runs; the drain waits for it too.
             tasks.close();
             tasks.wait().await;

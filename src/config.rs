@@ -46,6 +46,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Open client connections at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Threads that serve HTTP, each with its own single-threaded runtime (0: one per core).
+    pub server_threads: usize,
     /// Deployment-specific value rules (`PHONE_DEFAULT_REGION`).
     pub rules: crate::domain::request::Rules,
     /// The outbox for `Prefer: respond-async`; `None` turns async requests off.
@@ -84,6 +86,7 @@ impl Config {
             body_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 256,
             max_connections: 1024,
+            server_threads: 0,
             rules: crate::domain::request::Rules::default(),
             outbox: Some(crate::outbox::OutboxTarget::Sqlite(
                 std::path::PathBuf::from("data").join("outbox.db"),
@@ -215,6 +218,10 @@ pub struct Cli {
     /// Open client connections at once; more are closed on arrival.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Threads that serve HTTP, each running its own single-threaded runtime and accepting
+    /// from the same socket; 0 means one per CPU core.
+    #[arg(long, env = "SERVER_THREADS", default_value_t = 0)]
+    pub server_threads: usize,
     /// Directory for the service's own data (the outbox); created at start-up.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
@@ -385,6 +392,7 @@ impl Cli {
             config.rules.phone_region = Some(id);
         }
         config.max_connections = self.max_connections;
+        config.server_threads = self.server_threads;
         config.header_read_timeout =
             positive_ms("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms)?;
         config.body_read_timeout = positive_ms("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms)?;

@@ -1,8 +1,15 @@
 //! The accept loop. `axum::serve` offers no header-read timeout, so a client trickling its
 //! headers would hold a connection (and a task) forever; this loop is axum's, with hyper's
 //! `header_read_timeout`, a bounded header buffer, and graceful shutdown.
+//!
+//! It runs once per core ([`serve_per_core`]): a thread with its own single-threaded runtime
+//! accepts connections from the shared socket and serves them, the request's work included, on
+//! that thread. nginx's workers do the same, and for the same reason: on the work-stealing
+//! runtime, a request's steps woke each other across threads (about four `futex` calls per
+//! request), which cost more CPU than the service's own JSON work.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +21,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 /// Connection-level limits.
@@ -24,9 +34,11 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     pub max_header_bytes: usize,
-    /// Open connections at once; a connection past the cap is closed on arrival, before it
-    /// costs a task or buffers.
+    /// Open connections at once (over all threads); a connection past the cap is closed on
+    /// arrival, before it costs a task or buffers.
     pub max_connections: usize,
+    /// Serving threads; 0 means one per CPU core.
+    pub threads: usize,
 }
 
 impl Default for ConnLimits {
@@ -35,20 +47,106 @@ impl Default for ConnLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_connections: 1024,
+            threads: 0,
         }
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
-/// open connections to finish their in-flight requests (the caller bounds that wait).
+/// Serves `app` on `listener` from [`ConnLimits::threads`] threads, each with its own
+/// current-thread runtime, until `shutdown` completes. Each thread then stops accepting, lets its
+/// connections finish their in-flight requests, and waits for the work those requests spawned in
+/// `tasks` before its runtime ends (the caller bounds that wait).
 ///
 /// # Errors
-/// Never in practice: accept errors (e.g. out of file descriptors) are logged and retried.
-pub async fn serve(
+/// When the socket cannot be shared between threads, a thread or its runtime cannot start, or
+/// a serving thread failed or panicked (the others are then stopped).
+pub async fn serve_per_core(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()>,
     limits: ConnLimits,
+    tasks: TaskTracker,
+) -> std::io::Result<()> {
+    let threads = match limits.threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    let listener = listener.into_std()?;
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let stop = CancellationToken::new();
+    // Dropped unfinished (its runtime ends first, as in tests), this stops the threads too.
+    let _stop_on_drop = stop.clone().drop_guard();
+    let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..threads {
+        let (listener, app, stopping, connections, tasks, finished_tx) = (
+            listener.try_clone()?,
+            app.clone(),
+            stop.clone(),
+            connections.clone(),
+            tasks.clone(),
+            finished_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            serve(
+                                listener,
+                                app,
+                                stopping.cancelled_owned(),
+                                limits,
+                                connections,
+                            )
+                            .await?;
+                            // Work spawned by this thread's requests runs on its runtime:
+                            // it must finish before the runtime ends.
+                            tasks.close();
+                            tasks.wait().await;
+                            Ok(())
+                        })
+                    });
+                let _ = finished_tx.send(served);
+            })?;
+    }
+    drop((listener, finished_tx));
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        // A thread that ends before shutdown failed (its runtime or socket): stop them all.
+        Some(served) = finished.recv() => {
+            served?;
+            return Err(std::io::Error::other("a serving thread stopped"));
+        }
+    }
+    stop.cancel();
+    let mut left = threads;
+    while left > 0 {
+        let Some(served) = finished.recv().await else {
+            // Every sender is gone without a result: a thread panicked.
+            return Err(std::io::Error::other("a serving thread panicked"));
+        };
+        left -= 1;
+        served?;
+    }
+    Ok(())
+}
+
+/// One thread's accept loop: serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting and waits for open connections to finish their in-flight requests.
+///
+/// # Errors
+/// Never in practice: accept errors (e.g. out of file descriptors) are logged and retried.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnLimits,
+    connections: Arc<Semaphore>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -65,7 +163,6 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(64);
-    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -424,3 +424,52 @@ async fn metrics_listen_moves_metrics_to_their_own_address() {
     assert_eq!(moved.status(), 404, "not on the main listener any more");
     drop(stop);
 }
+
+/// The service serves from threads of its own (one runtime per core). When the future that runs
+/// it is dropped without a shutdown signal (its runtime ended, as a test's does), those threads
+/// must stop too, and the port with them; left running, they would serve on with nothing behind
+/// them.
+#[test]
+fn a_dropped_service_stops_serving_on_all_its_threads() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, sim) = rt.block_on(async {
+        let sim = gorgias_sim::Simulator::spawn(sim_config(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut config = test_config(sim.url());
+        config.server_threads = 3;
+        let app = Application::build(config).await.unwrap();
+        let addr = app.local_addr().unwrap();
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        let http = reqwest::Client::new();
+        // Several connections, so that more than one thread is likely to have served.
+        for _ in 0..6 {
+            let resp = reqwest::Client::new()
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let resp = crate::helpers::post_ticket(
+            &http,
+            &format!("http://{addr}"),
+            &ticket_for("+1 555 0300", None),
+        )
+        .await;
+        assert_eq!(resp.status(), 201);
+        (addr, sim)
+    });
+    drop(rt);
+    drop(sim);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Err(_) => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(_) => panic!("still accepting connections 5 s after the service was dropped"),
+        }
+    }
+}

@@ -129,7 +129,7 @@ pub struct ClientSettings {
 /// A Gorgias account, as one cheap-to-clone handle (the HTTP pool is shared inside).
 #[derive(Debug, Clone)]
 pub struct GorgiasClient {
-    http: reqwest::Client,
+    http: HttpPools,
     base_url: Url,
     /// The URLs of the fixed paths ([`FIXED_PATHS`]), joined once: joining parses the URL
     /// again, a cost every call would otherwise pay.
@@ -140,6 +140,79 @@ pub struct GorgiasClient {
     pacer: Pacer,
     /// When a call last got a 2xx, in milliseconds since [`epoch`] (0: never).
     last_success: Arc<AtomicU64>,
+}
+
+/// The HTTP connection pools: one per thread that calls.
+///
+/// A pooled connection is driven by a task on the runtime that opened it. A server that runs a
+/// single-threaded runtime per core (as the service does) would otherwise send each call over a
+/// connection driven by another thread, and every call would wake that thread and be woken
+/// back. With a pool per thread, a call and its connection stay on one thread. Clones share the
+/// pools. More connections are open at once (at most one set per calling thread).
+#[derive(Clone)]
+struct HttpPools {
+    /// Which client's pools these are, in each thread's list.
+    id: u64,
+    connect_timeout: Duration,
+    /// Built when the client is: the pool of a thread whose own cannot be built (never seen;
+    /// building only fails when the TLS stack cannot start, and this one did).
+    fallback: reqwest::Client,
+}
+
+thread_local! {
+    /// This thread's pools, by [`HttpPools::id`].
+    static POOLS: std::cell::RefCell<Vec<(u64, reqwest::Client)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl std::fmt::Debug for HttpPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPools").field("id", &self.id).finish()
+    }
+}
+
+impl HttpPools {
+    /// Pools kept per thread; the oldest goes first (only clients built and dropped over and
+    /// over, as in tests, ever reach it).
+    const PER_THREAD: usize = 8;
+
+    fn new(connect_timeout: Duration) -> Result<Self, BuildError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connect_timeout,
+            fallback: Self::build(connect_timeout).map_err(BuildError::Http)?,
+        })
+    }
+
+    fn build(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .user_agent(concat!("gorgias-rs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // Retries are ours: classified per call (a create is never resent blindly), within
+            // the caller's deadline. reqwest's own layer would also clone every request.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
+            .build()
+    }
+
+    /// This thread's pool (a handle: cloning it is cheap).
+    fn get(&self) -> reqwest::Client {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let client =
+                Self::build(self.connect_timeout).unwrap_or_else(|_| self.fallback.clone());
+            if pools.len() >= Self::PER_THREAD {
+                pools.remove(0);
+            }
+            pools.push((self.id, client.clone()));
+            client
+        })
+    }
 }
 
 /// The process's reference instant for [`GorgiasClient::last_success`].
@@ -208,16 +281,7 @@ impl GorgiasClient {
             .auth
             .header()
             .map_err(|_| BuildError::Credentials)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("gorgias-rs/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(settings.attempt_timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            // Retries are ours: classified per call (a create is never resent blindly), within
-            // the caller's deadline. reqwest's own layer would also clone every request.
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .build()
-            .map_err(BuildError::Http)?;
+        let http = HttpPools::new(settings.attempt_timeout.min(Duration::from_secs(5)))?;
         let mut base_url = settings.base_url;
         if !base_url.path().ends_with('/') {
             let path = format!("{}/", base_url.path());
@@ -569,6 +633,7 @@ impl GorgiasClient {
         let budget = self.attempt_timeout.min(remaining);
         let mut req = self
             .http
+            .get()
             .request(method, url)
             .header(AUTHORIZATION, self.auth.clone())
             .header(ACCEPT, "application/json");
@@ -757,6 +822,46 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pools_on_this_thread() -> Vec<u64> {
+        POOLS.with(|p| p.borrow().iter().map(|(id, _)| *id).collect())
+    }
+
+    #[test]
+    fn each_thread_gets_its_own_pool_and_keeps_it() {
+        let pools = HttpPools::new(Duration::from_secs(1)).unwrap();
+        let _ = pools.get();
+        let _ = pools.clone().get();
+        assert_eq!(
+            pools_on_this_thread(),
+            vec![pools.id],
+            "one pool, shared by clones"
+        );
+        let there = {
+            let pools = pools.clone();
+            std::thread::spawn(move || {
+                let _ = pools.get();
+                pools_on_this_thread()
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(there, vec![pools.id], "another thread builds its own");
+        assert_eq!(pools_on_this_thread(), vec![pools.id]);
+    }
+
+    #[test]
+    fn a_thread_keeps_the_pools_of_its_last_clients_only() {
+        let clients: Vec<HttpPools> = (0..HttpPools::PER_THREAD + 3)
+            .map(|_| HttpPools::new(Duration::from_secs(1)).unwrap())
+            .collect();
+        for c in &clients {
+            let _ = c.get();
+        }
+        let kept = pools_on_this_thread();
+        let newest: Vec<u64> = clients[3..].iter().map(|c| c.id).collect();
+        assert_eq!(kept, newest);
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
