@@ -48,3 +48,14 @@ fn decode_encode_recorded_ticket_as_value(bencher: divan::Bencher<'_, '_>) {
         serde_json::to_vec(&v).ok().map(|b| b.len())
     });
 }
+
+/// Decoding alone, into the client's lenient typed model.
+#[divan::bench]
+fn decode_recorded_ticket(bencher: divan::Bencher<'_, '_>) {
+    let wire = recorded_bytes();
+    bencher.bench(|| {
+        serde_json::from_slice::<gorgias::Ticket>(divan::black_box(&wire))
+            .ok()
+            .map(|t| t.messages.map(|m| m.len()))
+    });
+}
