@@ -16,7 +16,8 @@
 //! - [`state`]: what every handler reaches (use case, stores, callers, readiness).
 //! - [`callers`]: accepted bearer tokens (as digests) and the caller identity.
 //! - [`request_id`]: the current request's id, for answers built far from the handler.
-//! - [`server`]: the accept loop (header-read timeout, header size limit, graceful drain).
+//! - [`server`]: the accept loop, one thread and runtime per core (header-read timeout, header
+//!   size limit, graceful drain).
 //! - [`http`]: routes, request context middleware, the `POST /ticket` handler.
 //! - [`error`]: `ApiError` and its problem+json answers; the status table.
 //! - [`domain`]: validated input types (valid by construction).

@@ -16,6 +16,7 @@
 //! # Layout
 //! - `client`: [`GorgiasClient`], one method per endpoint; [`Auth`], [`RetryPolicy`].
 //! - `models`: request and answer shapes.
+//! - `lenient`: the serde adapters that read answers leniently without buffering them.
 //! - `error`: [`GorgiasError`], [`BuildError`].
 //! - `pacing`: [`Pacer`] and the [`SharedBudget`] trait.
 //! - `metrics`: the counters and histograms reported through the `metrics` facade.
