@@ -102,6 +102,9 @@ impl Application {
         let tasks = self.state.tasks.clone();
         // Deliveries stop being claimed at SIGTERM; the attempts in hand finish in the drain.
         let stop_deliveries = tokio_util::sync::CancellationToken::new();
+        // Dropped unfinished (an aborted task, a test's runtime), this stops the deliveries too:
+        // the serving threads wait for every tracked task before they end.
+        let _stop_deliveries_on_drop = stop_deliveries.clone().drop_guard();
         crate::delivery::start(&self.state, &stop_deliveries);
         let app = crate::http::router(self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

@@ -76,12 +76,17 @@ pub async fn serve_per_core(
     let stop = CancellationToken::new();
     // Dropped unfinished (its runtime ends first, as in tests), this stops the threads too.
     let _stop_on_drop = stop.clone().drop_guard();
+    // A thread keeps its runtime until every thread has drained: tasks a runtime started
+    // (a connection's driver, the limiter's dispatcher) may still serve the others' requests.
+    let release = CancellationToken::new();
+    let _release_on_drop = release.clone().drop_guard();
     let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..threads {
-        let (listener, app, stopping, connections, tasks, finished_tx) = (
+        let (listener, app, stopping, released, connections, tasks, finished_tx) = (
             listener.try_clone()?,
             app.clone(),
             stop.clone(),
+            release.clone(),
             connections.clone(),
             tasks.clone(),
             finished_tx.clone(),
@@ -89,28 +94,39 @@ pub async fn serve_per_core(
         std::thread::Builder::new()
             .name(format!("http-{i}"))
             .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
+                let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| {
-                        rt.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            serve(
-                                listener,
-                                app,
-                                stopping.cancelled_owned(),
-                                limits,
-                                connections,
-                            )
-                            .await?;
-                            // Work spawned by this thread's requests runs on its runtime:
-                            // it must finish before the runtime ends.
-                            tasks.close();
-                            tasks.wait().await;
-                            Ok(())
-                        })
-                    });
-                let _ = finished_tx.send(served);
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = finished_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let served = async {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve(
+                            listener,
+                            app,
+                            stopping.cancelled_owned(),
+                            limits,
+                            connections,
+                        )
+                        .await?;
+                        // Work spawned by this thread's requests runs on its runtime: it must
+                        // finish before the runtime ends.
+                        tasks.close();
+                        tasks.wait().await;
+                        Ok(())
+                    };
+                    let _ = finished_tx.send(served.await);
+                    // Gone before the wait, so a thread that panicked shows as a missing
+                    // result rather than a wait that never ends.
+                    drop(finished_tx);
+                    released.cancelled().await;
+                });
             })?;
     }
     drop((listener, finished_tx));
@@ -133,6 +149,7 @@ pub async fn serve_per_core(
         left -= 1;
         served?;
     }
+    release.cancel();
     Ok(())
 }
 

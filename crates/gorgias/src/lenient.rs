@@ -10,10 +10,15 @@
 //! read directly. Any other value is consumed and dropped, and the field gets `None` or its
 //! default. Only a broken document (bad JSON) is an error.
 //!
-//! One case differs from buffering: an object that fails *part-way through* cannot be skipped,
-//! because its first entries are already consumed, so the whole answer is an error. With these
-//! models, whose every field is itself lenient, the only way to get there is a key repeated in
-//! one object. Gorgias's JSON (Python's `json.dumps` of a dict) never repeats a key.
+//! An error from the parser is told apart from a value that `T` rejects by where it comes from:
+//! the parser's come through the object or list being read. That holds because every nested
+//! type here is itself read leniently (or is a `serde_json::Value`, which takes anything), so
+//! nothing below rejects a value by its type. A new nested field must keep it so.
+//!
+//! One case differs from buffering: an object with a repeated key. serde's derived structs
+//! refuse it part-way through; the rest of that object is then skipped and it reads as empty,
+//! where buffering kept the last value. Gorgias's JSON (Python's `json.dumps` of a dict) never
+//! repeats a key.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -145,11 +150,17 @@ impl<'de, T, TAs: DeserializeAs<'de, T>> Visitor<'de> for Attempt<T, TAs> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
         let mut watched = Watch::new(&mut map);
-        let read = match TAs::deserialize_as(MapDe(&mut watched)) {
+        let read = TAs::deserialize_as(MapDe(&mut watched));
+        let (broken, key_read) = (watched.broken, watched.key_read);
+        let read = match read {
             Ok(value) => Some(value),
-            Err(e) if watched.broken => return Err(e),
+            Err(e) if broken => return Err(e),
             Err(_) => None,
         };
+        // `T` gave up between a key and its value (a key it had already seen): skip the value.
+        if key_read {
+            map.next_value::<IgnoredAny>()?;
+        }
         // Whatever was not read (all of it, when `T` is not an object) is skipped.
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(read)
@@ -235,6 +246,8 @@ impl<'de> Deserializer<'de> for Scalar<'de, '_> {
 struct Watch<'a, A> {
     access: &'a mut A,
     broken: bool,
+    /// An object's key was read and its value not yet.
+    key_read: bool,
 }
 
 impl<'a, A> Watch<'a, A> {
@@ -242,6 +255,7 @@ impl<'a, A> Watch<'a, A> {
         Self {
             access,
             broken: false,
+            key_read: false,
         }
     }
 
@@ -258,9 +272,11 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Watch<'_, A> {
         k: K,
     ) -> Result<Option<K::Value>, A::Error> {
         let r = self.access.next_key_seed(k);
+        self.key_read = matches!(r, Ok(Some(_)));
         self.note(r)
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, v: V) -> Result<V::Value, A::Error> {
+        self.key_read = false;
         let r = self.access.next_value_seed(v);
         self.note(r)
     }
@@ -505,6 +521,19 @@ mod tests {
             (m[1].replied_by.clone(), m[1].replied_to.clone()),
             (Some(None), None)
         );
+    }
+
+    #[test]
+    fn an_object_with_a_repeated_key_reads_as_empty_and_the_rest_survives() {
+        let t: Ticket = serde_json::from_str(
+            r#"{"id": 5, "messages": [{"id": 1, "id": 2, "body_text": "x"}, {"id": 3}],
+                "subject": "kept"}"#,
+        )
+        .unwrap();
+        let m = t.messages.unwrap();
+        assert_eq!(m[0], crate::models::Message::default());
+        assert_eq!(m[1].id.0, 3);
+        assert_eq!(t.subject.as_deref(), Some("kept"));
     }
 
     #[test]

@@ -248,13 +248,16 @@ pub(crate) struct SearchItem {
     #[serde_as(as = "Lenient")]
     id: Option<Id>,
     #[serde(default)]
-    #[serde_as(as = "Lenient")]
+    #[serde_as(as = "ObjectList")]
     channels: Vec<ChannelItem>,
 }
 
+#[serde_as]
 #[derive(Debug, Deserialize)]
 struct IdOnly {
-    id: Id,
+    #[serde(default)]
+    #[serde_as(as = "Lenient")]
+    id: Option<Id>,
 }
 
 #[serde_as]
@@ -271,10 +274,10 @@ struct ChannelItem {
 impl SearchItem {
     /// The phone hits this item names (none when it names nothing we can read).
     pub(crate) fn into_hits(self) -> Vec<PhoneHit> {
-        if let (Some(address), Some(c)) = (self.address, self.customer) {
+        if let (Some(address), Some(IdOnly { id: Some(id) })) = (self.address, self.customer) {
             return vec![PhoneHit {
                 address,
-                customer_id: c.id.0,
+                customer_id: id.0,
             }];
         }
         let Some(Id(customer_id)) = self.id else {
@@ -298,7 +301,7 @@ impl SearchItem {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Settings {
     #[serde(default)]
-    #[serde_as(as = "Lenient")]
+    #[serde_as(as = "ObjectList")]
     data: Vec<Setting>,
 }
 
@@ -737,6 +740,32 @@ mod tests {
         ))
         .unwrap();
         serde_json::from_str::<Value>(&text).unwrap()["body"].clone()
+    }
+
+    #[test]
+    fn odd_settings_items_are_skipped_not_fatal() {
+        let s: Settings = serde_json::from_str(
+            r#"{"data": ["x", null, {"type": "ticket-assignment", "type": "dup"},
+                         {"type": "ticket-assignment", "data": {"assignment_channels": ["sms"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.assignment_channels(), vec!["sms".to_owned()]);
+    }
+
+    #[test]
+    fn a_search_item_with_an_odd_customer_or_channel_keeps_what_it_can() {
+        let item: SearchItem = serde_json::from_str(
+            r#"{"id": 7, "address": "1", "customer": {"id": "abc"},
+                "channels": ["x", {"type": "phone", "address": "0719908543"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            item.into_hits(),
+            vec![PhoneHit {
+                address: "0719908543".into(),
+                customer_id: 7
+            }]
+        );
     }
 
     #[test]

@@ -373,11 +373,26 @@ impl Pacer {
             s.queues[priority as usize].insert(at, Waiter { deadline, tx });
             if !s.dispatching {
                 s.dispatching = true;
-                tokio::spawn(dispatch(Arc::clone(inner)));
+                let running = Dispatching(Some(Arc::clone(inner)));
+                let task = async move {
+                    let mut running = running;
+                    if let Some(inner) = running.0.clone() {
+                        dispatch(inner).await;
+                    }
+                    running.0 = None;
+                };
+                // On the caller's runtime. If that runtime ends first, the guard in `task`
+                // lets the next caller start another dispatcher.
+                drop(tokio::spawn(task));
             }
             rx
         };
-        match rx.await {
+        // The dispatcher answers every waiter by its deadline; the bound only matters if the
+        // dispatcher was lost (its runtime ended with waiters queued).
+        let answer = tokio::time::timeout_at(deadline, rx)
+            .await
+            .unwrap_or(Ok(Err(Duration::from_secs(1))));
+        match answer {
             Ok(Ok(())) => {
                 crate::metrics::limiter_wait(endpoint);
                 Ok(())
@@ -476,6 +491,18 @@ async fn take_shared(inner: &Inner, shared: &dyn SharedBudget) -> Option<Duratio
 
 /// Hands out calls to the queue as the budget frees them, highest priority first; exits when
 /// the queue is empty (the next waiter starts a new one).
+/// Marks the dispatcher gone if its task is dropped before it finished (its runtime ended), so
+/// the next caller starts another instead of queueing behind nobody.
+struct Dispatching(Option<Arc<Inner>>);
+
+impl Drop for Dispatching {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.lock().dispatching = false;
+        }
+    }
+}
+
 async fn dispatch(inner: Arc<Inner>) {
     loop {
         // 1. Wait out a pause, and refuse whoever cannot be served in time.
@@ -534,6 +561,39 @@ async fn dispatch(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server thread's runtime can end while a dispatcher it started still has waiters from
+    /// other threads: the next caller must start another rather than queue behind nobody.
+    #[test]
+    fn a_dispatcher_lost_with_its_runtime_is_replaced_by_the_next_caller() {
+        let pacer = Pacer::new(Some((2, Duration::from_millis(400))));
+        let current = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = current();
+        first.block_on(async {
+            let far = Instant::now() + Duration::from_secs(30);
+            pacer.until_ready("t", Priority::New, far).await.unwrap();
+            let p = pacer.clone();
+            let queued = tokio::spawn(async move { p.until_ready("t", Priority::New, far).await });
+            tokio::task::yield_now().await;
+            assert!(pacer.queued() > 0, "the second call queued");
+            drop(queued);
+        });
+        drop(first);
+        let got = current().block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                pacer.until_ready("t", Priority::New, deadline),
+            )
+            .await
+        });
+        assert!(matches!(got, Ok(Ok(()))), "{got:?}");
+    }
 
     fn pacer(calls: u32, window_ms: u64) -> Pacer {
         Pacer::new(Some((calls, Duration::from_millis(window_ms))))
