@@ -9,8 +9,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    example, serve, sim_config, sim_stats, spawn_app_with, start_proxy, start_sim, temp_data_dir,
-    test_config, ticket_for, unique,
+    example, get_json, serve, sim_config, sim_stats, spawn_app_with, start_proxy, start_sim,
+    temp_data_dir, test_config, ticket_for, unique,
 };
 
 fn post_async(
@@ -28,14 +28,7 @@ fn post_async(
 async fn until_final(http: &reqwest::Client, address: &str, url: &str, within: Duration) -> Value {
     let start = Instant::now();
     loop {
-        let doc: Value = http
-            .get(format!("{address}{url}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = get_json(http, &format!("{address}{url}")).await;
         if doc["status"] == "delivered" || doc["status"] == "failed" {
             return doc;
         }
@@ -281,14 +274,7 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
         "an outage of Gorgias alone is not unready"
     );
     tokio::time::sleep(Duration::from_secs(120)).await;
-    let doc: Value = http
-        .get(format!("{address}{}", urls[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(&http, &format!("{address}{}", urls[0])).await;
     assert_eq!(doc["status"], "queued", "{doc}");
     assert!(
         doc["attempts"].as_u64().unwrap() > 1,

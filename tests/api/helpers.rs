@@ -350,11 +350,19 @@ pub fn start_proxy_capturing(sim_url: &str, env: &[(&str, &str)]) -> (Running, S
 
 /// A simulator's counters over HTTP (for simulators running as programs).
 pub async fn sim_stats(http: &reqwest::Client, sim_url: &str) -> Stats {
-    http.get(format!("{sim_url}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(http, &format!("{sim_url}/_sim/stats")).await
+}
+
+/// `GET url`, its body read as JSON.
+pub async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> T {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &std::process::Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{sim_stats, start_proxy, start_sim, ticket_for};
+use crate::helpers::{get_json, sigterm, sim_stats, start_proxy, start_sim, ticket_for};
 
 #[tokio::test]
 async fn sigterm_during_fifty_slow_requests_answers_them_all_then_exits_zero() {
@@ -42,12 +42,7 @@ async fn sigterm_during_fifty_slow_requests_answers_them_all_then_exits_zero() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = proxy.0.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&proxy.0);
     let statuses = set.join_all().await;
     assert!(
         statuses.iter().all(|s| matches!(s, Ok(201))),
@@ -94,14 +89,7 @@ async fn sigterm_stops_claiming_deliveries_and_finishes_the_one_in_hand() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = proxy.0.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&proxy.0);
     let status = tokio::task::spawn_blocking(move || proxy.0.wait().unwrap())
         .await
         .unwrap();
@@ -114,14 +102,7 @@ async fn sigterm_stops_claiming_deliveries_and_finishes_the_one_in_hand() {
     // Restarted on the same data: the one in hand was recorded as delivered (attempt 1, not
     // requeued), and the other two are delivered now.
     let (_again, url) = start_proxy(&sim_url, &env);
-    let first: serde_json::Value = http
-        .get(format!("{url}/tickets/{}", ids[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = get_json(&http, &format!("{url}/tickets/{}", ids[0])).await;
     assert_eq!(first["status"], "delivered", "{first}");
     assert_eq!(first["attempts"], 1);
     for _ in 0..1_000 {
