@@ -254,7 +254,13 @@ static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
         "$ref": "#/components/schemas/TicketRequest",
         "components": {"schemas": component_schemas()},
     });
-    let validator = jsonschema::draft202012::new(&schema).map_err(|e| e.to_string())?;
+    // The `regex` engine, not the default `fancy-regex`: our patterns need no look-around or
+    // back-references, and `regex` matches in linear time, so no caller's string can make a
+    // pattern backtrack for long. It is also the cheaper of the two on every request.
+    let validator = jsonschema::draft202012::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(&schema)
+        .map_err(|e| e.to_string())?;
     Ok(Contract {
         validator,
         shapes: Shapes::derive(),

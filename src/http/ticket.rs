@@ -6,7 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 
 use crate::callers::Caller;
 use crate::domain::NewTicket;
@@ -220,7 +220,33 @@ async fn create(
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)??;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok(created_response(&created))
+}
+
+/// A typical created ticket's answer fits in this many bytes (the recorded one is under 5 KiB).
+const ANSWER_CAPACITY: usize = 8 * 1024;
+
+/// The created ticket as a 201, serialised once into a buffer sized for a typical answer.
+///
+/// Not through axum's `Json`: it starts from 128 bytes and writes through `BytesMut`'s
+/// `io::Write` adapter, which does not inline serde_json's many small writes. Under callgrind
+/// (scenario 1) this took the answer's encoding from 45k to 34k instructions per request.
+fn created_response(ticket: &crate::output::Ticket) -> Response {
+    let mut body = Vec::with_capacity(ANSWER_CAPACITY);
+    if let Err(e) = serde_json::to_writer(&mut body, ticket) {
+        // Our own plain struct; kept so a slip answers 500 rather than panicking.
+        tracing::error!(error = %e, "could not encode the created ticket");
+        return ApiError::Internal.into_response();
+    }
+    (
+        StatusCode::CREATED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `application/json` or any `application/*+json`, parameters allowed.
