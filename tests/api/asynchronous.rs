@@ -291,6 +291,66 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
     assert_eq!(stats.tickets_created, 20, "each delivered once");
 }
 
+/// The service's future dropped while its runtime lives on (an aborted task, an embedding
+/// program) stops its delivery workers too: they must not keep calling Gorgias for a service
+/// that no longer runs. The delivery stays in the outbox for the next run.
+#[tokio::test]
+async fn an_aborted_run_stops_its_delivery_workers() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // Gorgias refuses every ticket with a 503: each attempt ends at once and is retried.
+    let mut sim = sim_config();
+    sim.faults = Faults {
+        error_rate: 1.0,
+        error_routes: vec!["POST /api/tickets".into()],
+        ..Faults::default()
+    };
+    let _sim = sim_at(addr, sim);
+    let sim_url = format!("http://{addr}");
+    let mut config = test_config(sim_url.parse().unwrap());
+    config.ticketing.channel_override = Some("phone".into());
+    config.delivery.base_backoff = Duration::from_millis(100);
+    config.delivery.max_backoff = Duration::from_millis(200);
+    let app = gorgias_proxy::app::Application::build(config)
+        .await
+        .unwrap();
+    let address = format!("http://{}", app.local_addr().unwrap());
+    let run = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let http = reqwest::Client::new();
+    let resp = post_async(&http, &address, &example(), "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let creates = || async {
+        let stats = sim_stats(&http, &sim_url).await;
+        stats
+            .requests
+            .get("POST /api/tickets")
+            .copied()
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while creates().await < 3 {
+        assert!(start.elapsed() < Duration::from_secs(15), "not retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    // An attempt in hand may still finish (a single refused call); then nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_abort = creates().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        creates().await,
+        after_abort,
+        "delivery attempts went on after the service was dropped"
+    );
+}
+
 #[tokio::test]
 async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once() {
     // Gorgias stores each ticket, then takes 2 s to answer: the replica dies mid-delivery.
