@@ -256,7 +256,7 @@ static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
     });
     // The `regex` engine, not the default `fancy-regex`: our patterns need no look-around or
     // back-references, and `regex` matches in linear time, so no caller's string can make a
-    // pattern backtrack for long. It is also the cheaper of the two on every request.
+    // pattern backtrack for long. (No speed difference could be measured on the example.)
     let validator = jsonschema::draft202012::options()
         .with_pattern_options(jsonschema::PatternOptions::regex())
         .build(&schema)
