@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::domain::NewTicket;
 use crate::error::ApiError;
@@ -107,7 +108,17 @@ async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: Cance
 async fn work(state: AppState, outbox: Outbox, stop: CancellationToken) {
     while !stop.is_cancelled() {
         match outbox.claim(state.delivery.lease).await {
-            Ok(Some(claimed)) => attempt(&state, &outbox, claimed).await,
+            Ok(Some(claimed)) => {
+                // The attempt's log lines and its stored problem name the delivery, as a
+                // request's name its request id: the status document's `problem.request_id`
+                // is this id, and so is the `delivery_id` of the lines an operator greps for.
+                let id = claimed.id.clone();
+                let span = tracing::info_span!("delivery", delivery_id = %id);
+                crate::request_id::REQUEST_ID
+                    .scope(id, attempt(&state, &outbox, claimed))
+                    .instrument(span)
+                    .await;
+            }
             Ok(None) => {
                 // New work wakes us at once; retries come due on the tick.
                 tokio::select! {

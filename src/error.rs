@@ -88,7 +88,7 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code.
     pub code: &'static str,
-    /// The request's id (also in `X-Request-Id`).
+    /// The request's id (also in `X-Request-Id`); in a delivery's status, the delivery's id.
     pub request_id: String,
     /// Field problems, for 400/422 on the body.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -218,6 +218,8 @@ async fn a_refusal_that_will_not_change_fails_with_the_synchronous_problem() {
     assert_eq!(doc["problem"]["code"], "upstream_auth");
     assert_eq!(doc["problem"]["code"], sync_problem["code"]);
     assert_eq!(doc["problem"]["status"], 502);
+    // A background attempt has no caller's request id: its problem names the delivery.
+    assert_eq!(doc["problem"]["request_id"], doc["id"], "{doc}");
 }
 
 /// A simulator on its own thread at a fixed address, so it can be stopped and started again.
