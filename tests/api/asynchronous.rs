@@ -9,8 +9,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    example, get_json, serve, sim_config, sim_stats, spawn_app_with, start_proxy, start_sim,
-    temp_data_dir, test_config, ticket_for, unique,
+    closed_port, example, get_json, serve, sim_config, sim_stats, spawn_app_with, start_proxy,
+    start_sim, temp_data_dir, test_config, ticket_for, unique,
 };
 
 fn post_async(
@@ -244,10 +244,7 @@ fn sim_at(addr: SocketAddr, config: SimConfig) -> tokio::sync::oneshot::Sender<(
 
 #[tokio::test]
 async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after_it() {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (down, addr) = closed_port();
     let mut config = test_config(format!("http://{addr}").parse().unwrap());
     config.ticketing.channel_override = Some("phone".into());
     config.delivery.max_backoff = Duration::from_secs(10);
@@ -284,6 +281,7 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
     );
     assert_eq!(doc["problem"]["code"], "upstream_unreachable", "{doc}");
 
+    drop(down);
     let _sim = sim_at(addr, sim_config());
     for url in &urls {
         let doc = until_final(&http, &address, url, Duration::from_secs(60)).await;
@@ -298,10 +296,8 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
 /// that no longer runs. The delivery stays in the outbox for the next run.
 #[tokio::test]
 async fn an_aborted_run_stops_its_delivery_workers() {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (free, addr) = closed_port();
+    drop(free);
     // Gorgias refuses every ticket with a 503: each attempt ends at once and is retried.
     let mut sim = sim_config();
     sim.faults = Faults {

@@ -59,6 +59,19 @@ pub fn test_config(base_url: Url) -> Config {
     c
 }
 
+/// A port nothing listens on and nothing else can take: a socket bound to it, never listening.
+/// Connecting is refused at once, as with a host that is down. Dropping the socket frees the
+/// port for a server that then comes up there.
+///
+/// Binding a listener to port 0 and dropping it is not enough: while the port sits free, the
+/// OS may give it to another test's server, and "Gorgias" then answers with that server's 404.
+pub fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// A fresh directory for one service's data (its outbox), under the system's temp dir.
 pub fn temp_data_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(unique("gorgias-proxy-data"))

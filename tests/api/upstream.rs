@@ -206,13 +206,8 @@ async fn a_slow_gorgias_answers_504() {
 
 #[tokio::test]
 async fn an_unreachable_gorgias_answers_503() {
-    // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = test_config(format!("http://127.0.0.1:{port}/").parse().unwrap());
+    let (_down, addr) = crate::helpers::closed_port();
+    let config = test_config(format!("http://{addr}/").parse().unwrap());
     let (address, _stop) = serve(config).await;
     let resp = post_example(&address).await;
     assert!(resp.headers().contains_key("retry-after"));
