@@ -293,7 +293,7 @@ async fn twenty_requests_during_a_two_minute_outage_are_all_delivered_once_after
 
 /// The service's future dropped while its runtime lives on (an aborted task, an embedding
 /// program) stops its delivery workers too: they must not keep calling Gorgias for a service
-/// that no longer runs. The delivery stays in the outbox for the next run.
+/// that no longer runs.
 #[tokio::test]
 async fn an_aborted_run_stops_its_delivery_workers() {
     let (free, addr) = closed_port();
