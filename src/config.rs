@@ -169,6 +169,12 @@ pub struct Cli {
     /// Longest single Gorgias call, in milliseconds.
     #[arg(long, env = "GORGIAS_TIMEOUT_MS", default_value_t = 10_000)]
     pub gorgias_timeout_ms: u64,
+    /// After a ticket create of unknown outcome (a timeout, a lost connection, a 5xx), how
+    /// long to wait before looking the ticket up by `external_id` and creating again only if
+    /// it is not found, in seconds. Size it above how long Gorgias's ticket list may lag
+    /// its writes: a lag longer than this window can still make a duplicate.
+    #[arg(long, env = "GORGIAS_SETTLE_SECS", default_value_t = 15)]
+    pub gorgias_settle_secs: u64,
     /// Longest inbound request, Gorgias retries included, in milliseconds.
     #[arg(long, env = "REQUEST_DEADLINE_MS", default_value_t = 30_000)]
     pub request_deadline_ms: u64,
@@ -352,6 +358,7 @@ impl Cli {
                     .parse()
                     .map_err(|()| invalid("MESSAGE_CHANNEL", "must be `phone` or `api`"))?,
             },
+            settle: Duration::from_secs(self.gorgias_settle_secs),
             shared: None,
         };
         config.shutdown_drain = Duration::from_secs(self.shutdown_drain_secs);

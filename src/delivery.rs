@@ -18,7 +18,7 @@ use crate::domain::NewTicket;
 use crate::error::ApiError;
 use crate::outbox::{Claimed, DeliverySettings, Outbox, Status};
 use crate::state::AppState;
-use crate::ticketing::TicketingError;
+use crate::ticketing::{Attempt, Fence, TicketingError};
 use crate::webhooks::{Event, Webhooks};
 use gorgias::GorgiasError;
 
@@ -151,19 +151,30 @@ async fn upkeep(outbox: Outbox, stop: CancellationToken) {
     }
 }
 
-/// One attempt at one delivery, its lease renewed while it runs.
+/// One attempt at one delivery, its lease renewed while it runs. A panic in the attempt is
+/// caught and recorded as a failure to retry: the worker goes on to the next delivery.
 async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
-    let id = claimed.id.clone();
-    let outcome = tokio::select! {
-        o = create(state, &claimed) => o,
-        () = keep_leased(outbox, &id, state.delivery.lease) => unreachable!("never completes"),
+    use futures_util::FutureExt as _;
+    let work = async {
+        tokio::select! {
+            o = create(state, outbox, &claimed) => o,
+            () = keep_leased(outbox, &claimed, state.delivery.lease) => unreachable!("never completes"),
+        }
+    };
+    let outcome = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!(attempts = claimed.attempts, "a delivery attempt panicked");
+            crate::metrics::delivery("panicked");
+            Err((ApiError::Internal, false))
+        }
     };
     let age = Duration::from_millis(crate::outbox::now_ms().saturating_sub(claimed.accepted_at));
     let recorded = match outcome {
         Ok(ticket) => {
             crate::metrics::delivery("delivered");
             outbox
-                .delivered(&id, ticket, state.webhooks.is_some())
+                .delivered(&claimed, ticket, state.webhooks.is_some())
                 .await
         }
         Err((err, permanent)) => {
@@ -175,7 +186,9 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
                     "delivery failed"
                 );
                 crate::metrics::delivery("failed");
-                outbox.failed(&id, problem, state.webhooks.is_some()).await
+                outbox
+                    .failed(&claimed, problem, state.webhooks.is_some())
+                    .await
             } else {
                 let wait = backoff(&state.delivery, claimed.attempts, &err);
                 tracing::info!(
@@ -185,31 +198,61 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
                     "delivery will be retried"
                 );
                 crate::metrics::delivery("retry");
-                outbox.retry_after(&id, wait, problem).await
+                outbox.retry_after(&claimed, wait, problem).await
             }
         }
     };
-    if let Err(e) = recorded {
-        // The lease lapses and the delivery is claimed again; its ticket is found by
-        // external_id, so nothing is created twice.
-        tracing::error!(error = %e, "could not record a delivery's outcome");
+    match recorded {
+        Ok(true) => {}
+        // Another worker took the delivery over after our lease lapsed: its record stands.
+        Ok(false) => tracing::warn!("a delivery's claim was lost; its outcome was not recorded"),
+        // The lease lapses and the delivery is claimed again (after the settle window); its
+        // ticket is found by external_id, so nothing is created twice.
+        Err(e) => tracing::error!(error = %e, "could not record a delivery's outcome"),
+    }
+}
+
+/// A delivery's fence: its create is sent only while its claim is still ours.
+struct DeliveryFence<'a> {
+    outbox: &'a Outbox,
+    claimed: &'a Claimed,
+}
+
+#[async_trait::async_trait]
+impl Fence for DeliveryFence<'_> {
+    async fn may_create(&self) -> bool {
+        match self.outbox.holds(self.claimed).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fence a delivery's create");
+                false
+            }
+        }
     }
 }
 
 /// Creates the ticket: its output JSON, or the error and whether it is final.
-async fn create(state: &AppState, claimed: &Claimed) -> Result<String, (ApiError, bool)> {
+async fn create(
+    state: &AppState,
+    outbox: &Outbox,
+    claimed: &Claimed,
+) -> Result<String, (ApiError, bool)> {
     let parsed = serde_json::from_slice::<serde_json::Value>(&claimed.request)
         .map_err(|e| (ApiError::MalformedJson(e.to_string()), true))?;
     let ticket =
         NewTicket::parse_with(&parsed, &state.rules).map_err(|e| (ApiError::Invalid(e), true))?;
-    let deadline = Instant::now() + state.request_deadline;
-    let created = gorgias::in_background(state.ticketing.create_ticket(
-        &ticket,
-        &claimed.external_id,
-        deadline,
-        claimed.attempts > 1,
-    ))
-    .await;
+    let fence = DeliveryFence { outbox, claimed };
+    let attempt = Attempt {
+        external_id: &claimed.external_id,
+        deadline: Instant::now() + state.request_deadline,
+        // Every attempt after the first may follow a create that landed; its settle window
+        // has passed: the attempt was scheduled after it.
+        reconcile_first: claimed.attempts > 1,
+        settle_remaining: Duration::ZERO,
+        wait_in_attempt: false,
+        fence: &fence,
+    };
+    let created = gorgias::in_background(state.ticketing.create_ticket(&ticket, &attempt)).await;
     match created {
         Ok(t) => serde_json::to_string(&t).map_err(|_| (ApiError::Internal, false)),
         Err(e) => {
@@ -222,19 +265,23 @@ async fn create(state: &AppState, claimed: &Claimed) -> Result<String, (ApiError
     }
 }
 
-async fn keep_leased(outbox: &Outbox, id: &str, lease: Duration) {
+async fn keep_leased(outbox: &Outbox, claimed: &Claimed, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(e) = outbox.renew(id, lease).await {
-            tracing::warn!(error = %e, "could not renew a delivery's lease");
+        match outbox.renew(claimed, lease).await {
+            Ok(true) => {}
+            // The next create is refused by the fence; the outcome's record changes nothing.
+            Ok(false) => tracing::warn!("a delivery's claim was taken over while it ran"),
+            Err(e) => tracing::warn!(error = %e, "could not renew a delivery's lease"),
         }
     }
 }
 
-/// Jittered exponential backoff, or Gorgias's `Retry-After` when it asked for longer.
+/// Jittered exponential backoff, or Gorgias's `Retry-After` (or the settle window of a create
+/// of unknown outcome) when that is longer.
 fn backoff(settings: &DeliverySettings, attempts: u32, err: &ApiError) -> Duration {
     let exp = settings
         .base_backoff
@@ -246,6 +293,7 @@ fn backoff(settings: &DeliverySettings, attempts: u32, err: &ApiError) -> Durati
             GorgiasError::RateLimited { retry_after, .. }
             | GorgiasError::DeadlineExhausted { retry_after, .. },
         )) => retry_after.unwrap_or_default(),
+        ApiError::Upstream(TicketingError::OutcomeUnknown { retry_after, .. }) => *retry_after,
         _ => Duration::ZERO,
     };
     jittered.max(asked)

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{FieldError, ValidationErrors};
-use crate::ticketing::TicketingError;
+use crate::ticketing::{TicketingError, Unknown};
 use gorgias::GorgiasError;
 
 /// What went wrong, from the caller's point of view.
@@ -284,12 +284,24 @@ impl ApiError {
             Self::Upstream(TicketingError::Mapping(_)) => {
                 "Gorgias answered something that is not a ticket".into()
             }
-            Self::Upstream(TicketingError::OutcomeUnknown { .. }) => {
-                "the ticket create was sent but its answer was lost, and Gorgias could not be \
-                 asked in time whether it exists; it may. Retry with the same Idempotency-Key \
-                 (the retry finds it), or look it up by external_id"
-                    .into()
-            }
+            Self::Upstream(TicketingError::OutcomeUnknown { why, .. }) => match why {
+                Unknown::Gorgias(_) => {
+                    "the ticket create was sent but its answer was lost, and Gorgias could not \
+                     be asked in time whether it exists; it may. Retry after Retry-After with \
+                     the same Idempotency-Key (the retry finds it), or look it up by external_id"
+                        .into()
+                }
+                Unknown::Settling => {
+                    "an earlier attempt's create may still appear in Gorgias; retry after \
+                     Retry-After with the same Idempotency-Key and it will be looked up first"
+                        .into()
+                }
+                Unknown::ClaimLost => {
+                    "this request lost its claim on the Idempotency-Key before creating the \
+                     ticket (another attempt holds it); retry with the same key"
+                        .into()
+                }
+            },
             Self::Invalid(e) => format!(
                 "the request body has {} problem(s); see errors",
                 e.errors.len()
@@ -332,7 +344,12 @@ impl ApiError {
                 GorgiasError::Unreachable { .. } => Some(Duration::from_secs(1)),
                 _ => None,
             },
-            Self::Upstream(TicketingError::OutcomeUnknown { .. }) => Some(Duration::from_secs(2)),
+            // At least a second, and whole seconds up: the header is in seconds and must cover
+            // the settle window.
+            Self::Upstream(TicketingError::OutcomeUnknown { retry_after, .. }) => Some(
+                Duration::from_secs(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+                    .max(Duration::from_secs(1)),
+            ),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
             Self::StoreUnavailable | Self::Overloaded | Self::OutboxUnavailable => {
                 Some(Duration::from_secs(1))

@@ -28,6 +28,8 @@
 //! - [`webhooks`]: signed `ticket.delivered` / `ticket.failed` events (Standard Webhooks).
 //! - [`outbox`]: the durable outbox behind `Prefer: respond-async` (SQLite), and the status
 //!   resource's rows.
+//! - [`store`]: the durable database behind the outbox and the idempotency records (SQLite
+//!   or PostgreSQL), one set of queries behind one trait.
 //! - [`coordination`]: what replicas share through Redis (the client's `SharedBudget`, customer
 //!   creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
@@ -53,6 +55,7 @@ pub mod request_id;
 pub mod sandbox;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod ticketing;
 pub mod webhooks;

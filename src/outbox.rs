@@ -2,24 +2,29 @@
 //! before the caller is answered 202, and delivered to Gorgias by [`crate::delivery`] until it
 //! is `delivered` or `failed`. The row is also the status resource (`GET /tickets/{id}`).
 //!
-//! Storage is an embedded SQLite database in WAL mode (`$DATA_DIR/outbox.db`): one replica
-//! needs nothing else, and a row survives a restart or `kill -9` once `accept` returned.
+//! Storage is [`crate::store`]: an embedded SQLite file by default (one process), PostgreSQL
+//! for several replicas. A row is durable once `accept` returned (fsynced).
 //!
-//! Exactly once: each delivery has a stable ticket `external_id` (`async-{id}`); an attempt
-//! after the first looks the ticket up by it before creating (a crash between Gorgias saving
-//! the ticket and us recording it is the case this covers). A delivery being worked on holds a
-//! lease (`lease_until`); a crashed worker's lease lapses and the delivery is claimed again.
+//! Exactly once: each delivery has a stable ticket `external_id` (derived from the caller,
+//! key and body when keyed, `async-{id}` otherwise); an attempt after the first looks the
+//! ticket up by it before creating. A delivery being worked on holds a lease (`lease_until`,
+//! on the database's clock) and an `owner` token: every write about the attempt must match
+//! the token, and a crashed worker's delivery is taken over only after its lease and the
+//! settle window have both passed.
 //!
 //! Why not a job-queue crate (apalis): the status resource, caller scoping, idempotency keys
 //! and acceptance order are this table's columns, and claiming is one statement; a job
 //! framework would add its own tables beside ours and a second notion of state.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
+
+use crate::store::{Row, Store};
+
+pub use crate::store::StoreError as OutboxError;
+pub use crate::store::StoreTarget as OutboxTarget;
 
 /// How deliveries run.
 #[derive(Debug, Clone)]
@@ -29,7 +34,7 @@ pub struct DeliverySettings {
     /// Deliveries attempted at once (each is mostly waiting for the budget).
     pub concurrency: usize,
     /// How long a claimed delivery is ours without renewal; a crashed worker's delivery is
-    /// claimed again after it.
+    /// claimed again after it (and after the settle window, see [`Outbox::claim`]).
     pub lease: Duration,
     /// The first retry's delay; doubled per attempt, capped at `max_backoff`.
     pub base_backoff: Duration,
@@ -46,37 +51,6 @@ impl Default for DeliverySettings {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
         }
-    }
-}
-
-/// Where the outbox lives (`OUTBOX_URL`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutboxTarget {
-    /// An SQLite file: one replica.
-    Sqlite(PathBuf),
-    /// A PostgreSQL database (`postgres://…`): any number of replicas.
-    Postgres(String),
-}
-
-impl OutboxTarget {
-    /// Reads `OUTBOX_URL`: `sqlite://PATH` or `sqlite:PATH`; unset, `$DATA_DIR/outbox.db`.
-    ///
-    /// # Errors
-    /// A message naming what is not supported.
-    pub fn parse(url: Option<&str>, data_dir: &Path) -> Result<Self, String> {
-        let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
-            return Ok(Self::Sqlite(data_dir.join("outbox.db")));
-        };
-        if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
-            return Ok(Self::Sqlite(PathBuf::from(path)));
-        }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres(url.to_owned()));
-        }
-        Err("must be sqlite://PATH or postgres://… (or unset for $DATA_DIR/outbox.db)".into())
     }
 }
 
@@ -111,6 +85,15 @@ impl Status {
             "delivered" => Self::Delivered,
             "failed" => Self::Failed,
             _ => Self::Queued,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Queued => 0,
+            Self::Delivering => 1,
+            Self::Delivered => 2,
+            Self::Failed => 3,
         }
     }
 }
@@ -153,7 +136,7 @@ pub enum Accepted {
 pub struct Claimed {
     /// Its id.
     pub id: String,
-    /// The request body as accepted.
+    /// The request as accepted (the validated, normalised ticket).
     pub request: Vec<u8>,
     /// The ticket's `external_id`.
     pub external_id: String,
@@ -161,6 +144,9 @@ pub struct Claimed {
     pub attempts: u32,
     /// When it was accepted (Unix ms).
     pub accepted_at: u64,
+    /// This claim's token: every write about the attempt must still match it, so a worker
+    /// whose lease lapsed (and whose delivery another worker took over) changes nothing.
+    pub owner: String,
 }
 
 /// Counts for metrics.
@@ -172,31 +158,6 @@ pub struct Depth {
     pub oldest_pending: Duration,
 }
 
-/// The outbox could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// SQLite failed.
-    #[error("the outbox database failed: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// Its directory could not be created.
-    #[error("the outbox directory {path} cannot be created: {source}")]
-    Directory {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// PostgreSQL failed.
-    #[error("the outbox database failed: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No PostgreSQL connection could be had.
-    #[error("the outbox database cannot be reached: {0}")]
-    Pool(String),
-    /// A blocking task did not finish (the runtime is shutting down).
-    #[error("the outbox task did not finish")]
-    Task,
-}
-
 /// The outbox; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
@@ -204,64 +165,21 @@ pub struct Outbox {
 }
 
 struct Inner {
-    backend: Backend,
+    store: Store,
     /// Woken when a delivery is accepted (the worker need not poll for new work).
     accepted: Notify,
     /// Woken when a delivery finishes (requests waiting with `wait=N` look again).
     finished: Notify,
-}
-
-enum Backend {
-    Sqlite(Mutex<Connection>),
-    Postgres(deadpool_postgres::Pool),
+    /// How long a create of unknown outcome needs to show in Gorgias's lists: a lapsed lease
+    /// is taken over only this long after it lapsed.
+    settle: Duration,
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.inner.backend {
-            Backend::Sqlite(_) => "Outbox(sqlite)",
-            Backend::Postgres(_) => "Outbox(postgres)",
-        })
+        write!(f, "Outbox({:?})", self.inner.store)
     }
 }
-
-mod postgres;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    caller TEXT NOT NULL,
-    idem_key TEXT,
-    fingerprint TEXT NOT NULL,
-    request BLOB,
-    external_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    accepted_at INTEGER NOT NULL,
-    delivered_at INTEGER,
-    next_attempt_at INTEGER NOT NULL,
-    lease_until INTEGER,
-    ticket TEXT,
-    problem TEXT,
-    finished_at INTEGER,
-    webhook TEXT,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next_at INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_key ON deliveries(idem_key) WHERE idem_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at, seq);
-CREATE INDEX IF NOT EXISTS deliveries_webhooks ON deliveries(webhook, webhook_next_at, seq);
-CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
-";
-
-/// Columns added after the table's first version, for databases created by it.
-const ADDED_COLUMNS: &[&str] = &[
-    "finished_at INTEGER",
-    "webhook TEXT",
-    "webhook_attempts INTEGER NOT NULL DEFAULT 0",
-    "webhook_next_at INTEGER",
-];
 
 /// How long finished deliveries stay readable (and their keys replayable).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -276,113 +194,57 @@ pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// SQLite stores integers as i64; our times fit.
-fn sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn unsql(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const DELIVERY_COLUMNS: &str = "id, status, attempts, accepted_at, delivered_at, next_attempt_at, ticket, problem, fingerprint";
-
-fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Delivery, String)> {
-    let status = Status::parse(&row.get::<_, String>(1)?);
-    let next: i64 = row.get(5)?;
-    Ok((
+/// A row of the delivery columns (from `offset`, as [`with_columns`] lists them): the delivery and its fingerprint.
+fn delivery_row(row: &Row, offset: usize) -> (Delivery, String) {
+    let status = Status::parse(&row.text(offset + 1));
+    (
         Delivery {
-            id: row.get(0)?,
+            id: row.text(offset),
             status,
-            attempts: u32::try_from(row.get::<_, i64>(2)?).unwrap_or(u32::MAX),
-            accepted_at: unsql(row.get(3)?),
-            delivered_at: row.get::<_, Option<i64>>(4)?.map(unsql),
-            next_attempt_at: (status == Status::Queued).then(|| unsql(next)),
-            ticket: row.get(6)?,
-            problem: row.get(7)?,
+            attempts: u32::try_from(row.uint(offset + 2)).unwrap_or(u32::MAX),
+            accepted_at: row.uint(offset + 3),
+            delivered_at: row.opt_int(offset + 4).map(|v| u64::try_from(v).unwrap_or(0)),
+            next_attempt_at: (status == Status::Queued).then(|| row.uint(offset + 5)),
+            ticket: row.opt_text(offset + 6),
+            problem: row.opt_text(offset + 7),
         },
-        row.get(8)?,
-    ))
+        row.text(offset + 8),
+    )
+}
+
+/// A statement with the delivery columns spliced in: statements are `&'static str` (the
+/// backends cache them), so the one column list is joined in at compile time.
+macro_rules! with_columns {
+    ($before:literal, $after:literal) => {
+        concat!(
+            $before,
+            "id, status, attempts, accepted_at, delivered_at, next_attempt_at, ticket, problem, fingerprint",
+            $after
+        )
+    };
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox at `target`, creating its directory.
-    ///
-    /// # Errors
-    /// When the directory or database cannot be created or opened.
-    pub async fn open(target: &OutboxTarget) -> Result<Self, OutboxError> {
-        let path = match target {
-            OutboxTarget::Sqlite(path) => path,
-            OutboxTarget::Postgres(url) => {
-                return Ok(Self::with_backend(Backend::Postgres(
-                    postgres::open(url).await?,
-                )));
-            }
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OutboxError::Directory {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let conn = Connection::open(path)?;
-        // WAL: readers do not block the writer; NORMAL sync is durable across a process crash
-        // (kill -9), which is what a row must survive; FULL would add an fsync per commit
-        // for power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        for column in ADDED_COLUMNS {
-            // Fails with "duplicate column" on every database that has it: that is the point.
-            let _ = conn.execute(&format!("ALTER TABLE deliveries ADD COLUMN {column}"), []);
-        }
-        conn.execute_batch(SCHEMA)?;
-        // One process owns an SQLite outbox, so a delivery still marked in progress was cut
-        // off by this process's previous life (a crash, kill -9): it is due again now, and its
-        // next attempt looks the ticket up first (its attempts count says one was made).
-        conn.execute(
-            "UPDATE deliveries SET status = 'queued', next_attempt_at = ?1, lease_until = NULL \
-             WHERE status = 'delivering'",
-            params![sql(now_ms())],
-        )?;
-        Ok(Self::with_backend(Backend::Sqlite(Mutex::new(conn))))
-    }
-
-    fn with_backend(backend: Backend) -> Self {
+    /// The outbox over `store`; `settle` is the window a create of unknown outcome is given
+    /// to show in Gorgias's lists before a taken-over delivery looks for it.
+    pub fn new(store: Store, settle: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                backend,
+                store,
                 accepted: Notify::new(),
                 finished: Notify::new(),
+                settle,
             }),
         }
     }
 
-    fn postgres(&self) -> Option<&deadpool_postgres::Pool> {
-        match &self.inner.backend {
-            Backend::Postgres(pool) => Some(pool),
-            Backend::Sqlite(_) => None,
-        }
+    fn store(&self) -> &Store {
+        &self.inner.store
     }
 
-    /// Runs `f` on the connection on a blocking thread.
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, OutboxError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let Backend::Sqlite(conn) = &inner.backend else {
-                return Err(OutboxError::Task);
-            };
-            let mut conn = lock(conn);
-            f(&mut conn).map_err(OutboxError::from)
-        })
-        .await
-        .map_err(|_| OutboxError::Task)?
-    }
-
-    /// Writes a delivery, durably, or finds the one this caller's key already names.
+    /// Writes a delivery, durably, or finds the one this caller's key already names. A keyed
+    /// delivery's ticket `external_id` is derived from the caller, the key and the body (as a
+    /// synchronous request's is), so a keyed retry after a lost row still finds the ticket.
     ///
     /// # Errors
     /// When the database cannot be written.
@@ -393,73 +255,50 @@ impl Outbox {
         fingerprint: &str,
         request: &[u8],
     ) -> Result<Accepted, OutboxError> {
-        if let Some(pool) = self.postgres() {
-            let accepted = postgres::accept(pool, caller, key, fingerprint, request).await?;
-            if matches!(accepted, Accepted::New(_)) {
-                self.inner.accepted.notify_one();
-            }
-            return Ok(accepted);
-        }
-        let (caller, key, fingerprint, request) = (
-            caller.to_owned(),
-            key.map(|k| format!("{caller}:{k}")),
-            fingerprint.to_owned(),
-            request.to_vec(),
-        );
-        let accepted = self
-            .with(move |conn| {
-                let tx = conn.transaction()?;
-                if let Some(key) = &key {
-                    let found = tx
-                        .query_row(
-                            &format!(
-                                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE idem_key = ?1"
-                            ),
-                            params![key],
-                            delivery_row,
-                        )
-                        .optional()?;
-                    if let Some((d, f)) = found {
-                        return Ok(if f == fingerprint {
-                            Accepted::Existing(d)
-                        } else {
-                            Accepted::Mismatch
-                        });
-                    }
-                }
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let now = now_ms();
-                tx.execute(
+        let key = key.map(|k| format!("{caller}:{k}"));
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let external_id = match &key {
+            Some(key) => crate::idempotency::external_id(key, fingerprint),
+            None => format!("async-{id}"),
+        };
+        let inserted = self
+            .store()
+            .query_opt(
+                with_columns!(
                     "INSERT INTO deliveries (id, caller, idem_key, fingerprint, request, \
                      external_id, status, accepted_at, next_attempt_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
-                    params![
-                        id,
-                        caller,
-                        key,
-                        fingerprint,
-                        request,
-                        format!("async-{id}"),
-                        sql(now)
-                    ],
-                )?;
-                tx.commit()?;
-                Ok(Accepted::New(Delivery {
-                    id,
-                    status: Status::Queued,
-                    attempts: 0,
-                    accepted_at: now,
-                    delivered_at: None,
-                    next_attempt_at: Some(now),
-                    ticket: None,
-                    problem: None,
-                }))
-            })
+                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', {now}, {now}) \
+                     ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING RETURNING ",
+                    ""
+                ),
+                vec![
+                    id.into(),
+                    caller.into(),
+                    key.clone().into(),
+                    fingerprint.into(),
+                    request.to_vec().into(),
+                    external_id.into(),
+                ],
+            )
             .await?;
-        if matches!(accepted, Accepted::New(_)) {
+        if let Some(row) = inserted {
             self.inner.accepted.notify_one();
+            return Ok(Accepted::New(delivery_row(&row, 0).0));
         }
-        Ok(accepted)
+        let found = self
+            .store()
+            .query_opt(
+                with_columns!("SELECT ", " FROM deliveries WHERE idem_key = $1"),
+                vec![key.into()],
+            )
+            .await?;
+        Ok(match found.map(|r| delivery_row(&r, 0)) {
+            Some((d, f)) if f == fingerprint => Accepted::Existing(d),
+            Some(_) => Accepted::Mismatch,
+            // Deleted between the two statements (past its retention): a race lost, not a
+            // conflict; the caller's retry is accepted anew.
+            None => return Err(OutboxError::Task),
+        })
     }
 
     /// The caller's delivery `id` (another caller's is not found).
@@ -467,170 +306,170 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be read.
     pub async fn get(&self, caller: &str, id: &str) -> Result<Option<Delivery>, OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::get(pool, caller, id).await;
-        }
-        let (caller, id) = (caller.to_owned(), id.to_owned());
-        self.with(move |conn| {
-            conn.query_row(
-                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1 AND caller = ?2"),
-                params![id, caller],
-                delivery_row,
+        Ok(self
+            .store()
+            .query_opt(
+                with_columns!("SELECT ", " FROM deliveries WHERE id = $1 AND caller = $2"),
+                vec![id.into(), caller.into()],
             )
-            .optional()
-            .map(|found| found.map(|(d, _)| d))
-        })
-        .await
+            .await?
+            .map(|r| delivery_row(&r, 0).0))
     }
 
-    /// Claims the earliest accepted delivery that is due (or whose worker's lease lapsed),
-    /// for `lease`.
+    /// Claims the earliest accepted delivery that is due, for `lease`. A delivery whose
+    /// worker's lease lapsed is taken over only once the settle window has passed since: the
+    /// dead worker may have sent a create that Gorgias has not shown yet.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::claim(pool, lease).await;
-        }
-        self.with(move |conn| {
-            let now = now_ms();
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let found = tx
-                .query_row(
-                    "SELECT id, request, external_id, attempts, accepted_at FROM deliveries \
-                     WHERE (status = 'queued' AND next_attempt_at <= ?1) \
-                        OR (status = 'delivering' AND lease_until < ?1) \
-                     ORDER BY seq LIMIT 1",
-                    params![sql(now)],
-                    |row| {
-                        Ok(Claimed {
-                            id: row.get(0)?,
-                            request: row.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
-                            external_id: row.get(2)?,
-                            attempts: u32::try_from(row.get::<_, i64>(3)?).unwrap_or(u32::MAX),
-                            accepted_at: unsql(row.get(4)?),
-                        })
-                    },
-                )
-                .optional()?;
-            let Some(mut claimed) = found else {
-                return Ok(None);
-            };
-            tx.execute(
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let row = self
+            .store()
+            .query_opt(
                 "UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, \
-                 lease_until = ?2 WHERE id = ?1",
-                params![claimed.id, sql(now + ms(lease))],
-            )?;
-            tx.commit()?;
-            claimed.attempts += 1;
-            Ok(Some(claimed))
-        })
-        .await
+                 lease_until = {now} + $1, owner = $3 \
+                 WHERE seq = (SELECT seq FROM deliveries \
+                              WHERE (status = 'queued' AND next_attempt_at <= {now}) \
+                                 OR (status = 'delivering' AND lease_until + $2 < {now}) \
+                              ORDER BY seq LIMIT 1 {skip_locked}) \
+                 RETURNING id, request, external_id, attempts, accepted_at",
+                vec![ms(lease).into(), ms(self.inner.settle).into(), owner.clone().into()],
+            )
+            .await?;
+        Ok(row.map(|r| Claimed {
+            id: r.text(0),
+            request: r.blob(1),
+            external_id: r.text(2),
+            attempts: u32::try_from(r.uint(3)).unwrap_or(u32::MAX),
+            accepted_at: r.uint(4),
+            owner,
+        }))
     }
 
-    /// Extends the lease of a delivery being worked on.
+    /// Extends the lease of a delivery being worked on. `Ok(false)`: the claim is no longer
+    /// ours (it lapsed and another worker took the delivery over).
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub async fn renew(&self, id: &str, lease: Duration) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::renew(pool, id, lease).await;
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE deliveries SET lease_until = ?2 WHERE id = ?1 AND status = 'delivering'",
-                params![id, sql(now_ms() + ms(lease))],
+    pub async fn renew(&self, claimed: &Claimed, lease: Duration) -> Result<bool, OutboxError> {
+        Ok(self
+            .store()
+            .execute(
+                "UPDATE deliveries SET lease_until = {now} + $3 \
+                 WHERE id = $1 AND owner = $2 AND status = 'delivering'",
+                vec![
+                    claimed.id.clone().into(),
+                    claimed.owner.clone().into(),
+                    ms(lease).into(),
+                ],
             )
-            .map(|_| ())
-        })
-        .await
+            .await?
+            == 1)
     }
 
-    /// Records the ticket. The request body (customer PII) is dropped: it is no longer needed.
+    /// Whether the claim is still ours and its lease has not run out: checked right before a
+    /// create is sent, so a worker that lost its lease never creates.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn holds(&self, claimed: &Claimed) -> Result<bool, OutboxError> {
+        Ok(self
+            .store()
+            .query_opt(
+                "SELECT 1 FROM deliveries WHERE id = $1 AND owner = $2 \
+                 AND status = 'delivering' AND lease_until > {now}",
+                vec![claimed.id.clone().into(), claimed.owner.clone().into()],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Records the ticket, when the claim is still ours. The request (customer PII) is
+    /// dropped: it is no longer needed. `Ok(false)`: the claim was lost, nothing changed.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn delivered(
         &self,
-        id: &str,
+        claimed: &Claimed,
         ticket: String,
         webhook: bool,
-    ) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            postgres::delivered(pool, id, &ticket, webhook).await?;
-            self.inner.finished.notify_waiters();
-            return Ok(());
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            let now = sql(now_ms());
-            conn.execute(
-                "UPDATE deliveries SET status = 'delivered', delivered_at = ?2, finished_at = ?2, \
-                 ticket = ?3, problem = NULL, request = NULL, lease_until = NULL, \
-                 webhook = ?4, webhook_next_at = ?2 WHERE id = ?1",
-                params![id, now, ticket, webhook.then_some("pending")],
+    ) -> Result<bool, OutboxError> {
+        let changed = self
+            .store()
+            .execute(
+                "UPDATE deliveries SET status = 'delivered', delivered_at = {now}, \
+                 finished_at = {now}, ticket = $3, problem = NULL, request = NULL, \
+                 lease_until = NULL, owner = NULL, webhook = $4, webhook_next_at = {now} \
+                 WHERE id = $1 AND owner = $2 AND status = 'delivering'",
+                vec![
+                    claimed.id.clone().into(),
+                    claimed.owner.clone().into(),
+                    ticket.into(),
+                    webhook.then_some("pending").into(),
+                ],
             )
-            .map(|_| ())
-        })
-        .await?;
+            .await?;
         self.inner.finished.notify_waiters();
-        Ok(())
+        Ok(changed == 1)
     }
 
-    /// Records a final failure with its problem.
+    /// Records a final failure with its problem, when the claim is still ours.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn failed(
         &self,
-        id: &str,
+        claimed: &Claimed,
         problem: String,
         webhook: bool,
-    ) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            postgres::failed(pool, id, &problem, webhook).await?;
-            self.inner.finished.notify_waiters();
-            return Ok(());
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE deliveries SET status = 'failed', problem = ?2, request = NULL, \
-                 lease_until = NULL, finished_at = ?3, webhook = ?4, webhook_next_at = ?3 \
-                 WHERE id = ?1",
-                params![id, problem, sql(now_ms()), webhook.then_some("pending")],
+    ) -> Result<bool, OutboxError> {
+        let changed = self
+            .store()
+            .execute(
+                "UPDATE deliveries SET status = 'failed', problem = $3, request = NULL, \
+                 lease_until = NULL, owner = NULL, finished_at = {now}, webhook = $4, \
+                 webhook_next_at = {now} \
+                 WHERE id = $1 AND owner = $2 AND status = 'delivering'",
+                vec![
+                    claimed.id.clone().into(),
+                    claimed.owner.clone().into(),
+                    problem.into(),
+                    webhook.then_some("pending").into(),
+                ],
             )
-            .map(|_| ())
-        })
-        .await?;
+            .await?;
         self.inner.finished.notify_waiters();
-        Ok(())
+        Ok(changed == 1)
     }
 
-    /// Puts a delivery back in the queue until `after` has passed, keeping the last problem.
+    /// Puts a delivery back in the queue until `after` has passed, keeping the last problem,
+    /// when the claim is still ours.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn retry_after(
         &self,
-        id: &str,
+        claimed: &Claimed,
         after: Duration,
         problem: String,
-    ) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::retry_after(pool, id, after, &problem).await;
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?2, problem = ?3, \
-                 lease_until = NULL WHERE id = ?1",
-                params![id, sql(now_ms() + ms(after)), problem],
+    ) -> Result<bool, OutboxError> {
+        Ok(self
+            .store()
+            .execute(
+                "UPDATE deliveries SET status = 'queued', next_attempt_at = {now} + $3, \
+                 problem = $4, lease_until = NULL, owner = NULL \
+                 WHERE id = $1 AND owner = $2 AND status = 'delivering'",
+                vec![
+                    claimed.id.clone().into(),
+                    claimed.owner.clone().into(),
+                    ms(after).into(),
+                    problem.into(),
+                ],
             )
-            .map(|_| ())
-        })
-        .await
+            .await?
+            == 1)
     }
 
     /// Claims the earliest finished delivery whose webhook is due, for `lease` (a crashed
@@ -643,38 +482,26 @@ impl Outbox {
         &self,
         lease: Duration,
     ) -> Result<Option<(Delivery, u32, u64)>, OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::claim_webhook(pool, lease).await;
-        }
-        self.with(move |conn| {
-            let now = now_ms();
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let found = tx
-                .query_row(
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS}, webhook_attempts, finished_at FROM deliveries \
-                         WHERE webhook = 'pending' AND webhook_next_at <= ?1 ORDER BY seq LIMIT 1"
-                    ),
-                    params![sql(now)],
-                    |row| {
-                        let (d, _) = delivery_row(row)?;
-                        let attempts = u32::try_from(row.get::<_, i64>(9)?).unwrap_or(u32::MAX);
-                        let finished = row.get::<_, Option<i64>>(10)?.map_or(now, unsql);
-                        Ok((d, attempts + 1, finished))
-                    },
-                )
-                .optional()?;
-            if let Some((d, _, _)) = &found {
-                tx.execute(
+        let row = self
+            .store()
+            .query_opt(
+                with_columns!(
                     "UPDATE deliveries SET webhook_attempts = webhook_attempts + 1, \
-                     webhook_next_at = ?2 WHERE id = ?1",
-                    params![d.id, sql(now + ms(lease))],
-                )?;
-            }
-            tx.commit()?;
-            Ok(found)
-        })
-        .await
+                     webhook_next_at = {now} + $1 \
+                     WHERE seq = (SELECT seq FROM deliveries \
+                                  WHERE webhook = 'pending' AND webhook_next_at <= {now} \
+                                  ORDER BY seq LIMIT 1 {skip_locked}) \
+                     RETURNING webhook_attempts, finished_at, ",
+                    ""
+                ),
+                vec![ms(lease).into()],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let attempts = u32::try_from(r.uint(0)).unwrap_or(u32::MAX);
+            let finished = r.opt_int(1).map_or_else(now_ms, |v| u64::try_from(v).unwrap_or(0));
+            (delivery_row(&r, 2).0, attempts, finished)
+        }))
     }
 
     /// Records the webhook's end: `sent`, or `gave_up` after retrying for long enough.
@@ -682,18 +509,13 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn webhook_done(&self, id: &str, sent: bool) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::webhook_done(pool, id, sent).await;
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE deliveries SET webhook = ?2, webhook_next_at = NULL WHERE id = ?1",
-                params![id, if sent { "sent" } else { "gave_up" }],
+        self.store()
+            .execute(
+                "UPDATE deliveries SET webhook = $2, webhook_next_at = NULL WHERE id = $1",
+                vec![id.into(), if sent { "sent" } else { "gave_up" }.into()],
             )
+            .await
             .map(|_| ())
-        })
-        .await
     }
 
     /// Sends the webhook again after `after`.
@@ -701,58 +523,54 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn webhook_retry(&self, id: &str, after: Duration) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::webhook_retry(pool, id, after).await;
-        }
-        let id = id.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "UPDATE deliveries SET webhook_next_at = ?2 WHERE id = ?1 AND webhook = 'pending'",
-                params![id, sql(now_ms() + ms(after))],
+        self.store()
+            .execute(
+                "UPDATE deliveries SET webhook_next_at = {now} + $2 \
+                 WHERE id = $1 AND webhook = 'pending'",
+                vec![id.into(), ms(after).into()],
             )
+            .await
             .map(|_| ())
-        })
-        .await
     }
 
     /// Counts by status and the oldest pending delivery's age; deletes finished deliveries
-    /// older than [`RETENTION`].
+    /// older than [`RETENTION`] and idempotency records past their TTL.
     ///
     /// # Errors
     /// When the database cannot be read or written.
     pub async fn upkeep(&self) -> Result<Depth, OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::upkeep(pool).await;
+        let store = self.store();
+        store
+            .execute(
+                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') \
+                 AND accepted_at < {now} - $1",
+                vec![ms(RETENTION).into()],
+            )
+            .await?;
+        store
+            .execute("DELETE FROM idempotency WHERE expires_at < {now}", vec![])
+            .await?;
+        let mut depth = Depth::default();
+        for row in store
+            .query(
+                "SELECT status, COUNT(*) FROM deliveries GROUP BY status",
+                vec![],
+            )
+            .await?
+        {
+            depth.by_status[Status::parse(&row.text(0)).index()] = row.uint(1);
         }
-        self.with(move |conn| {
-            let now = now_ms();
-            conn.execute(
-                "DELETE FROM deliveries WHERE status IN ('delivered', 'failed') AND accepted_at < ?1",
-                params![sql(now.saturating_sub(ms(RETENTION)))],
-            )?;
-            let mut depth = Depth::default();
-            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (status, n) = row?;
-                let i = match Status::parse(&status) {
-                    Status::Queued => 0,
-                    Status::Delivering => 1,
-                    Status::Delivered => 2,
-                    Status::Failed => 3,
-                };
-                depth.by_status[i] = unsql(n);
-            }
-            let oldest: Option<i64> = conn.query_row(
-                "SELECT MIN(accepted_at) FROM deliveries WHERE status IN ('queued', 'delivering')",
-                [],
-                |r| r.get(0),
-            )?;
-            depth.oldest_pending =
-                Duration::from_millis(oldest.map_or(0, |t| now.saturating_sub(unsql(t))));
-            Ok(depth)
-        })
-        .await
+        let oldest = store
+            .query_opt(
+                "SELECT {now} - MIN(accepted_at) FROM deliveries \
+                 WHERE status IN ('queued', 'delivering')",
+                vec![],
+            )
+            .await?
+            .and_then(|r| r.opt_int(0));
+        depth.oldest_pending =
+            Duration::from_millis(oldest.map_or(0, |v| u64::try_from(v).unwrap_or(0)));
+        Ok(depth)
     }
 
     /// Proves the outbox can be written (for `/readyz`).
@@ -760,18 +578,7 @@ impl Outbox {
     /// # Errors
     /// When it cannot.
     pub async fn check_writable(&self) -> Result<(), OutboxError> {
-        if let Some(pool) = self.postgres() {
-            return postgres::check_writable(pool).await;
-        }
-        self.with(|conn| {
-            conn.execute(
-                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) \
-                 ON CONFLICT(id) DO UPDATE SET at = excluded.at",
-                params![sql(now_ms())],
-            )
-            .map(|_| ())
-        })
-        .await
+        self.store().check_writable().await
     }
 
     /// Completes when a delivery is accepted (or at once if one was accepted since the last
@@ -786,29 +593,27 @@ impl Outbox {
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the connection leaves SQLite consistent (it is transactional).
-    conn.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::path::PathBuf;
+
     async fn temp_outbox() -> (Outbox, PathBuf) {
         let dir = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::new_v4()));
         let path = dir.join("outbox.db");
-        (
-            Outbox::open(&OutboxTarget::Sqlite(path.clone()))
-                .await
-                .unwrap(),
-            dir,
-        )
+        let options = crate::store::OpenOptions {
+            settle: Duration::ZERO,
+        };
+        let store = Store::open(&OutboxTarget::Sqlite(path), options)
+            .await
+            .unwrap();
+        (Outbox::new(store, Duration::ZERO), dir)
     }
 
     #[test]
     fn outbox_urls() {
+        use std::path::Path;
         let data = Path::new("/data");
         assert_eq!(
             OutboxTarget::parse(None, data).unwrap(),
@@ -853,11 +658,17 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.id, d.id, "acceptance order");
         assert_eq!(claimed.attempts, 1);
-        assert_eq!(claimed.external_id, format!("async-{}", d.id));
-        outbox
-            .delivered(&d.id, "{\"id\":1}".into(), true)
-            .await
-            .unwrap();
+        // Keyed: derived from the caller, key and body, as a synchronous request's is.
+        assert_eq!(
+            claimed.external_id,
+            crate::idempotency::external_id("c:k", "f")
+        );
+        assert!(
+            outbox
+                .delivered(&claimed, "{\"id\":1}".into(), true)
+                .await
+                .unwrap()
+        );
         let (event, attempts, _) = outbox
             .claim_webhook(Duration::from_secs(10))
             .await
@@ -903,10 +714,22 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((again.id.as_str(), again.attempts), (first.id.as_str(), 2));
-        outbox
-            .retry_after(&d.id, Duration::from_millis(100), "{}".into())
-            .await
-            .unwrap();
+        // The first worker lost its claim: none of its writes changes anything.
+        assert!(!outbox.renew(&first, Duration::from_secs(10)).await.unwrap());
+        assert!(!outbox.holds(&first).await.unwrap());
+        assert!(!outbox.delivered(&first, "{}".into(), false).await.unwrap());
+        assert!(!outbox.failed(&first, "{}".into(), false).await.unwrap());
+        assert!(outbox.holds(&again).await.unwrap());
+        assert_eq!(
+            outbox.get("c", &d.id).await.unwrap().unwrap().status,
+            Status::Delivering
+        );
+        assert!(
+            outbox
+                .retry_after(&again, Duration::from_millis(100), "{}".into())
+                .await
+                .unwrap()
+        );
         assert!(
             outbox
                 .claim(Duration::from_secs(10))

@@ -72,7 +72,8 @@ impl AppState {
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
         let mut client = GorgiasClient::new(config.gorgias.clone())?;
         let mut ticketing_settings = config.ticketing.clone();
-        let idempotency = match &config.redis_url {
+        let settle = config.ticketing.settle;
+        let redis = match &config.redis_url {
             Some(url) => {
                 let conn = crate::coordination::connect(url).await.map_err(|e| {
                     anyhow::anyhow!("REDIS_URL is set but Redis cannot be used: {e}")
@@ -90,16 +91,28 @@ impl AppState {
                     config.ticketing.customer_cache_ttl,
                     config.gorgias.base_url.as_str(),
                 ));
-                IdempotencyStore::redis(conn, config.idempotency_ttl)
+                Some(conn)
             }
-            None => IdempotencyStore::memory(config.idempotency_ttl),
-        };
-        let outbox = match &config.outbox {
-            Some(target) => Some(crate::outbox::Outbox::open(target).await.map_err(|e| {
-                anyhow::anyhow!("the outbox (DATA_DIR / OUTBOX_URL) cannot be used: {e}")
-            })?),
             None => None,
         };
+        // One database holds the outbox and the idempotency records; without one
+        // (`OUTBOX_URL=off`) keys live in memory.
+        let store = match &config.outbox {
+            Some(target) => Some(
+                crate::store::Store::open(target, crate::store::OpenOptions { settle })
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("the database (DATA_DIR / OUTBOX_URL) cannot be used: {e}")
+                    })?,
+            ),
+            None => None,
+        };
+        let idempotency = match &store {
+            Some(store) => IdempotencyStore::durable(store.clone(), redis, config.idempotency_ttl),
+            None => IdempotencyStore::memory(config.idempotency_ttl),
+        }
+        .with_settle(settle);
+        let outbox = store.map(|store| crate::outbox::Outbox::new(store, settle));
         let webhooks = match (&config.webhook, &outbox) {
             (Some((url, secret)), Some(_)) => Some(
                 crate::webhooks::Webhooks::new(

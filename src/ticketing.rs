@@ -33,6 +33,9 @@ pub struct TicketingSettings {
     pub channel_override: Option<String>,
     /// The channel every message is sent with (`MESSAGE_CHANNEL`), whatever the ticket's.
     pub message_channel: MessageChannel,
+    /// How long a create of unknown outcome is given to show in Gorgias's ticket list before
+    /// it is looked up (`GORGIAS_SETTLE_SECS`).
+    pub settle: Duration,
     /// Customers and creation locks shared with other replicas (with Redis).
     pub shared: Option<SharedCustomers>,
 }
@@ -45,6 +48,7 @@ impl Default for TicketingSettings {
             settings_ttl: Duration::from_secs(300),
             channel_override: None,
             message_channel: MessageChannel::default(),
+            settle: Duration::from_secs(15),
             shared: None,
         }
     }
@@ -95,15 +99,72 @@ pub enum TicketingError {
     #[error("Gorgias answered with something that is not a ticket: {0}")]
     Mapping(#[from] MappingError),
     /// A create was sent, its answer was lost, and no lookup settled whether the ticket exists
-    /// before the deadline. The ticket carries `external_id`, so the caller can reconcile
-    /// (with an `Idempotency-Key`, its retry does).
-    #[error("the ticket create's outcome is unknown: {source}")]
+    /// before the deadline; or an earlier one's window has not passed; or the work lost its
+    /// claim before it could create. The ticket carries `external_id`, so the caller can
+    /// reconcile (with an `Idempotency-Key`, its retry does).
+    #[error("the ticket create's outcome is unknown: {why}")]
     OutcomeUnknown {
         /// The ticket's `external_id`.
         external_id: String,
-        /// The last failure.
-        source: GorgiasError,
+        /// When a lookup can settle it: the rest of the settle window.
+        retry_after: Duration,
+        /// Why it is unknown.
+        why: Unknown,
     },
+}
+
+/// Why a create's outcome is unknown.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unknown {
+    /// The create (or the lookup after it) failed this way.
+    #[error(transparent)]
+    Gorgias(#[from] GorgiasError),
+    /// An earlier create of this ticket has not had its settle window yet, and the window
+    /// does not fit in this request's deadline.
+    #[error("an earlier create has not had its settle window yet")]
+    Settling,
+    /// The key's or delivery's claim was lost (its lease lapsed and another worker may hold
+    /// it), so no create may be sent.
+    #[error("the claim on this ticket was lost before its create")]
+    ClaimLost,
+}
+
+/// Asked right before each ticket create is sent: whether the work still holds what entitles
+/// it to create (its key's or delivery's lease), marking that a create is being sent. A
+/// `false` stops the work before the create.
+#[async_trait::async_trait]
+pub trait Fence: Send + Sync {
+    /// Whether the create may be sent.
+    async fn may_create(&self) -> bool;
+}
+
+/// No fence: a request without a key has nothing another worker could take over.
+pub struct Unfenced;
+
+#[async_trait::async_trait]
+impl Fence for Unfenced {
+    async fn may_create(&self) -> bool {
+        true
+    }
+}
+
+/// One attempt at a ticket: what identifies it, when it must end, and what an earlier
+/// attempt of the same ticket left behind.
+pub struct Attempt<'a> {
+    /// The ticket's `external_id`, stable across attempts.
+    pub external_id: &'a str,
+    /// When this attempt must answer.
+    pub deadline: Instant,
+    /// An earlier attempt may have created the ticket: look it up before creating.
+    pub reconcile_first: bool,
+    /// How long until that earlier create has had its settle window (the lookup waits).
+    pub settle_remaining: Duration,
+    /// Whether a settle window may be waited out within this attempt (a caller waiting) or is
+    /// handed back as [`TicketingError::OutcomeUnknown`] for a later attempt (a delivery,
+    /// which schedules its next attempt after the window).
+    pub wait_in_attempt: bool,
+    /// Checked before every create.
+    pub fence: &'a dyn Fence,
 }
 
 /// The use case and its caches; one per process, cheap to clone.
@@ -114,11 +175,15 @@ pub struct Ticketing {
     channel: Cache<(), String>,
     channel_override: Option<String>,
     message_channel: MessageChannel,
+    settle: Duration,
     shared: Option<SharedCustomers>,
 }
 
 /// How many times a create whose outcome was unknown is reconciled and sent again.
 const MAX_CREATE_TRIES: usize = 4;
+
+/// Time kept free after a settle window for the lookup (and a create) before the deadline.
+const LOOKUP_ROOM: Duration = Duration::from_secs(2);
 
 impl Ticketing {
     /// Builds the use case over a client.
@@ -135,6 +200,7 @@ impl Ticketing {
                 .build(),
             channel_override: settings.channel_override,
             message_channel: settings.message_channel,
+            settle: settings.settle,
             shared: settings.shared,
         }
     }
@@ -153,70 +219,116 @@ impl Ticketing {
     }
 
     /// Opens the ticket: customer, channel, then the ticket itself, created at most once per
-    /// `external_id` even when Gorgias fails after saving it. `reconcile_first` says an earlier
-    /// attempt of the same request may have created it: look before creating.
+    /// `external_id` even when Gorgias fails after saving it or its lists lag its writes.
     ///
     /// # Errors
     /// A [`TicketingError`] when Gorgias refuses, fails past our retries, or answers garbage.
     pub async fn create_ticket(
         &self,
         t: &NewTicket,
-        external_id: &str,
-        deadline: Instant,
-        reconcile_first: bool,
+        attempt: &Attempt<'_>,
     ) -> Result<Ticket, TicketingError> {
+        let deadline = attempt.deadline;
         let customer = self.customer(t, deadline).await?;
         let channel = self.ticket_channel(deadline).await?;
-        let body = ticket_request(t, &customer, &channel, self.message_channel, external_id);
-        if reconcile_first && let Some(found) = self.find_ticket(external_id, deadline).await? {
-            crate::metrics::reconciled();
-            return Ok(Ticket::try_from(found)?);
+        let body = ticket_request(
+            t,
+            &customer,
+            &channel,
+            self.message_channel,
+            attempt.external_id,
+        );
+        if attempt.reconcile_first {
+            self.settle_then_look(attempt, attempt.settle_remaining, None)
+                .await?;
+            if let Some(found) = self
+                .find_ticket(attempt.external_id, deadline)
+                .await
+                .map_err(|e| self.unknown(attempt, Duration::ZERO, e.into()))?
+            {
+                crate::metrics::reconciled();
+                return Ok(Ticket::try_from(found)?);
+            }
         }
-        let created = self.create_once(&body, deadline).await?;
+        let created = self.create_once(&body, attempt).await?;
         Ok(Ticket::try_from(created)?)
     }
 
-    /// Creates the ticket; after an ambiguous failure (timeout, lost connection, 5xx) looks it
-    /// up by `external_id` and answers with the one that exists rather than creating a twin.
-    /// Once a create's outcome is unknown, any failure to settle it is
-    /// [`TicketingError::OutcomeUnknown`]: the caller must not be told the ticket failed.
+    fn unknown(&self, attempt: &Attempt<'_>, retry_after: Duration, why: Unknown) -> TicketingError {
+        TicketingError::OutcomeUnknown {
+            external_id: attempt.external_id.to_owned(),
+            retry_after,
+            why,
+        }
+    }
+
+    /// Waits out what is left of a settle window when the attempt may and it fits before the
+    /// deadline (with room for the lookup); otherwise hands it back as an unknown outcome
+    /// whose `retry_after` covers the window.
+    async fn settle_then_look(
+        &self,
+        attempt: &Attempt<'_>,
+        remaining: Duration,
+        cause: Option<GorgiasError>,
+    ) -> Result<(), TicketingError> {
+        if remaining.is_zero() {
+            return Ok(());
+        }
+        let fits = Instant::now() + remaining + LOOKUP_ROOM < attempt.deadline;
+        if !attempt.wait_in_attempt || !fits {
+            let why = cause.map_or(Unknown::Settling, Unknown::Gorgias);
+            return Err(self.unknown(attempt, remaining, why));
+        }
+        tokio::time::sleep(remaining).await;
+        Ok(())
+    }
+
+    /// Creates the ticket. After an ambiguous failure (timeout, lost connection, 5xx, an
+    /// unreadable 2xx) the create may still land, and Gorgias's list by `external_id` may
+    /// lag its writes: wait the settle window from the end of that attempt, then look the
+    /// ticket up, and create again only if that lookup finds nothing. Once a create's outcome
+    /// is unknown, any failure to settle it is [`TicketingError::OutcomeUnknown`]: the caller
+    /// must not be told the ticket failed.
     async fn create_once(
         &self,
         body: &CreateTicket<'_>,
-        deadline: Instant,
+        attempt: &Attempt<'_>,
     ) -> Result<gorgias::Ticket, TicketingError> {
-        let unknown = |source: GorgiasError| TicketingError::OutcomeUnknown {
-            external_id: body.external_id.to_owned(),
-            source,
-        };
-        let mut delays = self.client.retry_delays();
+        let deadline = attempt.deadline;
         let mut tries = 0;
         let mut ambiguous = false;
         loop {
             tries += 1;
+            if !attempt.fence.may_create().await {
+                tracing::warn!("the claim on this ticket was lost; not creating");
+                return Err(self.unknown(attempt, Duration::from_secs(1), Unknown::ClaimLost));
+            }
             let err = match self.client.create_ticket(body, deadline).await {
                 Ok(t) => return Ok(t),
                 Err(e) if e.is_ambiguous() => e,
-                Err(e) if ambiguous => return Err(unknown(e)),
+                Err(e) if ambiguous => return Err(self.unknown(attempt, Duration::ZERO, e.into())),
                 Err(e) => return Err(e.into()),
             };
             ambiguous = true;
-            tracing::warn!(error = %err, "ticket create outcome unknown; reconciling by external_id");
+            tracing::warn!(
+                error = %err,
+                settle_secs = self.settle.as_secs_f64(),
+                "ticket create outcome unknown; looking it up by external_id after the settle window"
+            );
+            if tries >= MAX_CREATE_TRIES {
+                return Err(self.unknown(attempt, self.settle, err.into()));
+            }
+            self.settle_then_look(attempt, self.settle, Some(err))
+                .await?;
             match self.find_ticket(body.external_id, deadline).await {
                 Ok(Some(found)) => {
                     crate::metrics::reconciled();
                     return Ok(found);
                 }
+                // Not there after the window: the create did not land. Send it again.
                 Ok(None) => {}
-                Err(e) => return Err(unknown(e)),
+                Err(e) => return Err(self.unknown(attempt, Duration::ZERO, e.into())),
             }
-            let wait = delays.next().unwrap_or(Duration::from_millis(200));
-            if tries >= MAX_CREATE_TRIES || Instant::now() + wait >= deadline {
-                // Not found, and no time to try again. A create that timed out may still be in
-                // Gorgias's hands when we looked, so "not found" does not prove it never lands.
-                return Err(unknown(err));
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 

@@ -13,6 +13,8 @@ use crate::domain::NewTicket;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, StoredAnswer};
 use crate::state::AppState;
+use crate::ticketing::{Attempt, Fence, Unfenced};
+use std::time::Duration;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/ticket", post(create_ticket))
@@ -63,7 +65,7 @@ async fn create_ticket(
         let work = {
             let state = state.clone();
             Box::pin(async move {
-                create(&state, parsed, &external_id, false)
+                create(&state, parsed, &external_id, None)
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
             })
@@ -94,10 +96,9 @@ async fn create_ticket(
     let work = {
         let state = state.clone();
         Box::pin(async move {
-            let reconcile_first = token.reconcile_first;
             // The lease lives exactly as long as the work: renewed alongside it, gone with it.
             let resp = tokio::select! {
-                r = create(&state, parsed, &external_id, reconcile_first) => {
+                r = create(&state, parsed, &external_id, Some(&token)) => {
                     r.unwrap_or_else(IntoResponse::into_response)
                 }
                 () = state.idempotency.keep_alive(&token) => {
@@ -172,10 +173,10 @@ async fn settle(state: &AppState, token: idempotency::ClaimToken, resp: Response
     resp
 }
 
-/// Largest answer stored for replay. Problem answers are bounded at 64 KiB; a ticket's answer
-/// by the request body limit (its messages come from it) plus Gorgias's fields, so this only
-/// guards against a body limit raised far beyond the default.
-const MAX_STORED_ANSWER: usize = 8 * 1024 * 1024;
+/// Largest answer stored for replay: 64 KiB, so a key's record stays small in the database
+/// and in Redis. Problem answers are bounded below it; a larger ticket answer (many long
+/// messages) is not stored, and the caller's retry finds that very ticket by `external_id`.
+const MAX_STORED_ANSWER: usize = 64 * 1024;
 
 /// An `Idempotency-Key` header's value, when it is 1 to 255 visible ASCII characters.
 fn valid_key(key: &HeaderValue) -> Result<&str, ApiError> {
@@ -198,12 +199,35 @@ fn replay(answer: StoredAnswer) -> Response {
     resp
 }
 
+/// The fence of a keyed request: its create is sent only while its key's claim is still ours,
+/// and the key records that a create was sent.
+struct KeyFence<'a> {
+    store: &'a idempotency::IdempotencyStore,
+    claim: &'a idempotency::ClaimToken,
+}
+
+#[async_trait::async_trait]
+impl Fence for KeyFence<'_> {
+    async fn may_create(&self) -> bool {
+        match self.store.fence(self.claim).await {
+            Ok(held) => held,
+            Err(e) => {
+                // Unfenced, a create could race another replica's: better not to create.
+                tracing::warn!(error = %e, "could not fence a ticket create");
+                false
+            }
+        }
+    }
+}
+
 /// Parses, validates and creates: the request's work once the idempotency gate is passed.
+/// With a key's `claim`, every create is fenced by it, and what an earlier attempt with the
+/// key left behind (a create that may have landed, its settle window) is honoured.
 async fn create(
     state: &AppState,
     parsed: Result<serde_json::Value, serde_json::Error>,
     external_id: &str,
-    reconcile_first: bool,
+    claim: Option<&idempotency::ClaimToken>,
 ) -> Result<Response, ApiError> {
     let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
     let ticket = NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
@@ -212,11 +236,21 @@ async fn create(
         "valid ticket request; creating it in Gorgias"
     );
     let deadline = super::deadline_after(state.request_deadline);
+    let fence = claim.map(|claim| KeyFence {
+        store: &state.idempotency,
+        claim,
+    });
+    let attempt = Attempt {
+        external_id,
+        deadline,
+        reconcile_first: claim.is_some_and(|c| c.reconcile_first),
+        settle_remaining: claim.map_or(Duration::ZERO, |c| c.settle_remaining),
+        wait_in_attempt: true,
+        fence: fence.as_ref().map_or(&Unfenced as &dyn Fence, |f| f as &dyn Fence),
+    };
     let created = tokio::time::timeout_at(
-        deadline + std::time::Duration::from_millis(250),
-        state
-            .ticketing
-            .create_ticket(&ticket, external_id, deadline, reconcile_first),
+        deadline + Duration::from_millis(250),
+        state.ticketing.create_ticket(&ticket, &attempt),
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)??;
