@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::NewTicket;
+use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::outbox::{Claimed, DeliverySettings, Outbox, Status};
 use crate::state::AppState;
@@ -237,10 +237,17 @@ async fn create(
     outbox: &Outbox,
     claimed: &Claimed,
 ) -> Result<String, (ApiError, bool)> {
-    let parsed = serde_json::from_slice::<serde_json::Value>(&claimed.request)
-        .map_err(|e| (ApiError::MalformedJson(e.to_string()), true))?;
-    let ticket =
-        NewTicket::parse_with(&parsed, &state.rules).map_err(|e| (ApiError::Invalid(e), true))?;
+    // The ticket as validated at acceptance. Rows accepted before the stored form existed
+    // hold the caller's body, validated again here.
+    let ticket = match StoredTicket::decode(&claimed.request) {
+        Some(ticket) => ticket,
+        None => {
+            let parsed = serde_json::from_slice::<serde_json::Value>(&claimed.request)
+                .map_err(|e| (ApiError::MalformedJson(e.to_string()), true))?;
+            NewTicket::parse_with(&parsed, &state.rules)
+                .map_err(|e| (ApiError::Invalid(e), true))?
+        }
+    };
     let fence = DeliveryFence { outbox, claimed };
     let attempt = Attempt {
         external_id: &claimed.external_id,

@@ -347,8 +347,10 @@ impl ApiError {
             // At least a second, and whole seconds up: the header is in seconds and must cover
             // the settle window.
             Self::Upstream(TicketingError::OutcomeUnknown { retry_after, .. }) => Some(
-                Duration::from_secs(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
-                    .max(Duration::from_secs(1)),
+                Duration::from_secs(
+                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                )
+                .max(Duration::from_secs(1)),
             ),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
             Self::StoreUnavailable | Self::Overloaded | Self::OutboxUnavailable => {

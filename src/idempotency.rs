@@ -343,10 +343,11 @@ impl IdempotencyStore {
         };
         match &self.backend {
             Backend::Memory(memory) => {
-                let (reconcile, settle) = match self.memory_claim(memory, key, fingerprint, &token).await {
-                    Ok(won) => won,
-                    Err(standing) => return Ok(standing),
-                };
+                let (reconcile, settle) =
+                    match self.memory_claim(memory, key, fingerprint, &token).await {
+                        Ok(won) => won,
+                        Err(standing) => return Ok(standing),
+                    };
                 Ok(acquired(reconcile, settle))
             }
             Backend::Durable { store, redis } => {

@@ -203,7 +203,9 @@ fn delivery_row(row: &Row, offset: usize) -> (Delivery, String) {
             status,
             attempts: u32::try_from(row.uint(offset + 2)).unwrap_or(u32::MAX),
             accepted_at: row.uint(offset + 3),
-            delivered_at: row.opt_int(offset + 4).map(|v| u64::try_from(v).unwrap_or(0)),
+            delivered_at: row
+                .opt_int(offset + 4)
+                .map(|v| u64::try_from(v).unwrap_or(0)),
             next_attempt_at: (status == Status::Queued).then(|| row.uint(offset + 5)),
             ticket: row.opt_text(offset + 6),
             problem: row.opt_text(offset + 7),
@@ -334,7 +336,11 @@ impl Outbox {
                                  OR (status = 'delivering' AND lease_until + $2 < {now}) \
                               ORDER BY seq LIMIT 1 {skip_locked}) \
                  RETURNING id, request, external_id, attempts, accepted_at",
-                vec![ms(lease).into(), ms(self.inner.settle).into(), owner.clone().into()],
+                vec![
+                    ms(lease).into(),
+                    ms(self.inner.settle).into(),
+                    owner.clone().into(),
+                ],
             )
             .await?;
         Ok(row.map(|r| Claimed {
@@ -499,7 +505,9 @@ impl Outbox {
             .await?;
         Ok(row.map(|r| {
             let attempts = u32::try_from(r.uint(0)).unwrap_or(u32::MAX);
-            let finished = r.opt_int(1).map_or_else(now_ms, |v| u64::try_from(v).unwrap_or(0));
+            let finished = r
+                .opt_int(1)
+                .map_or_else(now_ms, |v| u64::try_from(v).unwrap_or(0));
             (delivery_row(&r, 2).0, attempts, finished)
         }))
     }

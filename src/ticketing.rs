@@ -254,7 +254,12 @@ impl Ticketing {
         Ok(Ticket::try_from(created)?)
     }
 
-    fn unknown(&self, attempt: &Attempt<'_>, retry_after: Duration, why: Unknown) -> TicketingError {
+    fn unknown(
+        &self,
+        attempt: &Attempt<'_>,
+        retry_after: Duration,
+        why: Unknown,
+    ) -> TicketingError {
         TicketingError::OutcomeUnknown {
             external_id: attempt.external_id.to_owned(),
             retry_after,

@@ -12,7 +12,7 @@ mod values;
 pub use error::{FieldError, Problem, ValidationErrors};
 pub use values::{
     Attachment, ContentType, CustomField, Email, HttpUrl, MessageId, NewMessage, NewTicket,
-    PhoneNumber, TicketOptions, normalize_phone,
+    PhoneNumber, StoredTicket, TicketOptions, normalize_phone,
 };
 
 /// Bounds of the inbound contract, shared by validation and the OpenAPI document so the two

@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::{Extension, Router};
 
 use crate::callers::Caller;
-use crate::domain::NewTicket;
+use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, StoredAnswer};
 use crate::state::AppState;
@@ -54,10 +54,13 @@ async fn create_ticket(
         };
         let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
         let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
-        NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
+        let ticket = NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
+        // What is delivered is what was validated now, not the body re-read under whatever
+        // rules hold when the delivery runs.
+        let stored = StoredTicket::encode(&ticket).map_err(|_| ApiError::Internal)?;
         let fingerprint = idempotency::fingerprint_parsed(Some(&value), &body);
         let wait = wait.min(state.request_deadline);
-        return super::tickets::accept(outbox, &caller, key, &fingerprint, &body, wait).await;
+        return super::tickets::accept(outbox, &caller, key, &fingerprint, &stored, wait).await;
     }
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
@@ -246,7 +249,9 @@ async fn create(
         reconcile_first: claim.is_some_and(|c| c.reconcile_first),
         settle_remaining: claim.map_or(Duration::ZERO, |c| c.settle_remaining),
         wait_in_attempt: true,
-        fence: fence.as_ref().map_or(&Unfenced as &dyn Fence, |f| f as &dyn Fence),
+        fence: fence
+            .as_ref()
+            .map_or(&Unfenced as &dyn Fence, |f| f as &dyn Fence),
     };
     let created = tokio::time::timeout_at(
         deadline + Duration::from_millis(250),

@@ -41,6 +41,13 @@ impl Postgres {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
         let statement_ms = OPERATION_DEADLINE.as_millis();
+        // Added to the URL's own `options` (a search_path, say), not in their place.
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => {
+                format!("{given} -c statement_timeout={statement_ms}")
+            }
+            _ => format!("-c statement_timeout={statement_ms}"),
+        };
         config
             .connect_timeout(OPERATION_DEADLINE)
             .keepalives(true)
@@ -48,7 +55,7 @@ impl Postgres {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(OPERATION_DEADLINE * 2)
-            .options(format!("-c statement_timeout={statement_ms}"));
+            .options(options);
         let pool = Pool::builder(Manager::new(config, NoTls))
             .max_size(8)
             .wait_timeout(Some(OPERATION_DEADLINE))
@@ -91,9 +98,7 @@ impl Postgres {
     }
 }
 
-async fn deadline<T>(
-    work: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
+async fn deadline<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     tokio::time::timeout(OPERATION_DEADLINE, work)
         .await
         .map_err(|_| StoreError::Timeout(OPERATION_DEADLINE))?

@@ -100,7 +100,9 @@ fn prepare(path: &Path, options: OpenOptions) -> Result<Connection, StoreError> 
     };
     for (column, kind) in ADDED_COLUMNS {
         if !existing.iter().any(|c| c == column) {
-            conn.execute_batch(&format!("ALTER TABLE deliveries ADD COLUMN {column} {kind}"))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE deliveries ADD COLUMN {column} {kind}"
+            ))?;
         }
     }
     for statement in INDEXES {
@@ -123,13 +125,7 @@ fn prepare(path: &Path, options: OpenOptions) -> Result<Connection, StoreError> 
 
 /// The shared dialect in SQLite's words: `?N` for `$N`, and its clock, types and locking.
 fn translate(sql: &str) -> String {
-    let filled = dialect(
-        sql,
-        NOW,
-        "",
-        "INTEGER PRIMARY KEY AUTOINCREMENT",
-        "BLOB",
-    );
+    let filled = dialect(sql, NOW, "", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB");
     let mut out = String::with_capacity(filled.len());
     let mut chars = filled.chars().peekable();
     while let Some(c) = chars.next() {
@@ -237,9 +233,12 @@ mod tests {
     #[tokio::test]
     async fn commits_are_fsynced() {
         let dir = std::env::temp_dir().join(format!("store-{}", uuid::Uuid::new_v4()));
-        let db = Sqlite::open(&dir.join("outbox.db"), OpenOptions {
-            settle: Duration::from_secs(1),
-        })
+        let db = Sqlite::open(
+            &dir.join("outbox.db"),
+            OpenOptions {
+                settle: Duration::from_secs(1),
+            },
+        )
         .await
         .unwrap();
         let sync = db
@@ -249,7 +248,12 @@ mod tests {
             .remove(0)
             .int(0);
         assert_eq!(sync, 2, "FULL");
-        let now = db.query("SELECT {now}", vec![]).await.unwrap().remove(0).int(0);
+        let now = db
+            .query("SELECT {now}", vec![])
+            .await
+            .unwrap()
+            .remove(0)
+            .int(0);
         let ours = i64::try_from(crate::outbox::now_ms()).unwrap();
         assert!((now - ours).abs() < 5_000, "{now} vs {ours}");
         std::fs::remove_dir_all(dir).unwrap();

@@ -13,7 +13,7 @@ use crate::helpers::{
     start_sim, temp_data_dir, test_config, ticket_for, unique,
 };
 
-fn post_async(
+pub(crate) fn post_async(
     http: &reqwest::Client,
     address: &str,
     body: &Value,
@@ -25,7 +25,12 @@ fn post_async(
 }
 
 /// Polls the status resource until the delivery is final or `within` passes.
-async fn until_final(http: &reqwest::Client, address: &str, url: &str, within: Duration) -> Value {
+pub(crate) async fn until_final(
+    http: &reqwest::Client,
+    address: &str,
+    url: &str,
+    within: Duration,
+) -> Value {
     let start = Instant::now();
     loop {
         let doc: Value = get_json(http, &format!("{address}{url}")).await;

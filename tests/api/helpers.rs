@@ -52,6 +52,9 @@ pub fn test_config(base_url: Url) -> Config {
     };
     c.gorgias.rate_limit = None;
     c.request_deadline = Duration::from_secs(8);
+    // The simulator's ticket list does not lag its writes unless a test says so: a short
+    // settle window keeps the tests that lose creates quick (the lag tests size their own).
+    c.ticketing.settle = Duration::from_millis(200);
     c.allow_unauthenticated = true;
     c.outbox = Some(gorgias_proxy::outbox::OutboxTarget::Sqlite(
         temp_data_dir().join("outbox.db"),

@@ -12,7 +12,7 @@ use crate::helpers::{
     unique,
 };
 
-async fn post_keyed(
+pub(crate) async fn post_keyed(
     http: &reqwest::Client,
     address: &str,
     key: &str,

@@ -9,6 +9,7 @@ mod binaries;
 mod budget;
 mod check;
 mod customers;
+mod exactly_once;
 mod fidelity;
 mod helpers;
 mod hostile;

@@ -1,0 +1,375 @@
+//! Each ticket once, under the faults a deployment meets outside the process: a Redis that
+//! forgets, a restart between a 201 and the retry, a second process on one data directory, a
+//! stricter configuration after acceptance, a stale PostgreSQL worker, a blackholed database.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::asynchronous::{post_async, until_final};
+use crate::helpers::{
+    Running, closed_port, postgres_outbox_url, redis_url, sim_stats, start_proxy, start_sim,
+    temp_data_dir, ticket_for, unique,
+};
+use crate::leases::post_keyed;
+
+/// A keyed 201, then `between` (given the simulator's URL and the running service, it
+/// returns the service to retry on), then the caller's retry: the same ticket, replayed, and
+/// one ticket in Gorgias.
+async fn retry_after_a_201(
+    env: &[(&str, &str)],
+    between: impl AsyncFnOnce(&str, (Running, String)) -> (Running, String),
+) {
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off"]);
+    let (proxy, url) = start_proxy(&sim_url, env);
+    let http = reqwest::Client::new();
+    let key = unique("durable");
+    let body = ticket_for("+1 555 0707070", None);
+    let first = post_keyed(&http, &url, &key, &body, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+
+    let (_proxy, url) = between(&sim_url, (proxy, url)).await;
+    let retry = post_keyed(&http, &url, &key, &body, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotency-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["id"], first["id"], "the same ticket");
+    assert_eq!(
+        sim_stats(&http, &sim_url).await.tickets_created,
+        1,
+        "no second ticket"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_flush_between_a_201_and_the_retry_replays_the_same_ticket() {
+    let Some(redis) = redis_url() else { return };
+    // A database of Redis's own for this test, so its flush touches no other test's keys.
+    let redis = format!("{}/9", redis.trim_end_matches('/'));
+    let env = [("REDIS_URL", redis.as_str()), ("TICKET_CHANNEL", "phone")];
+    retry_after_a_201(&env, async |_, running| {
+        let client = redis::Client::open(redis.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        running
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_between_a_201_and_the_retry_replays_the_same_ticket() {
+    let data = temp_data_dir();
+    let data = data.to_str().unwrap().to_owned();
+    let env = [("DATA_DIR", data.as_str()), ("TICKET_CHANNEL", "phone")];
+    retry_after_a_201(&env, async |sim_url, (first, _)| {
+        drop(first); // SIGKILL: no drain
+        start_proxy_when_free(sim_url, &env)
+    })
+    .await;
+}
+
+/// Starts a service on `env`'s data directory as soon as the previous owner has let go.
+fn start_proxy_when_free(sim_url: &str, env: &[(&str, &str)]) -> (Running, String) {
+    let start = Instant::now();
+    loop {
+        let attempt = std::panic::catch_unwind(|| start_proxy(sim_url, env));
+        match attempt {
+            Ok(started) => return started,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_process_on_one_data_dir_refuses_to_start_naming_the_path() {
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off"]);
+    let data = temp_data_dir();
+    let env = [("DATA_DIR", data.to_str().unwrap())];
+    let (_first, _) = start_proxy(&sim_url, &env);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_gorgias-proxy"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("GORGIAS_BASE_URL", &sim_url)
+        .env("GORGIAS_USERNAME", "sandbox@example.com")
+        .env("GORGIAS_API_KEY", "sandbox-key")
+        .env("ALLOW_UNAUTHENTICATED", "true")
+        .env("DATA_DIR", &data)
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_URL")
+        .env_remove("OUTBOX_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = second.kill();
+            panic!("a second process on one DATA_DIR started and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = second.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains(data.to_str().unwrap()),
+        "names the path: {said}"
+    );
+    assert!(
+        said.contains("PostgreSQL"),
+        "says what to use instead: {said}"
+    );
+}
+
+#[tokio::test]
+async fn a_stricter_configuration_after_acceptance_still_delivers_what_was_accepted() {
+    // Accepted while Gorgias is down, under PHONE_DEFAULT_REGION=KE (the national spelling
+    // becomes +254…).
+    let (held, down) = closed_port();
+    let data = temp_data_dir();
+    let data = data.to_str().unwrap().to_owned();
+    let (first, first_url) = start_proxy(
+        &format!("http://{down}"),
+        &[
+            ("DATA_DIR", data.as_str()),
+            ("TICKET_CHANNEL", "phone"),
+            ("PHONE_DEFAULT_REGION", "KE"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let resp = post_async(
+        &http,
+        &first_url,
+        &ticket_for("0719 908 543", None),
+        "respond-async",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(first);
+    drop(held);
+
+    // Restarted under a rule the number does not meet (region US), with Gorgias back.
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off"]);
+    let env = [
+        ("DATA_DIR", data.as_str()),
+        ("TICKET_CHANNEL", "phone"),
+        ("PHONE_DEFAULT_REGION", "US"),
+    ];
+    let (_second, url) = start_proxy_when_free(&sim_url, &env);
+    let doc = until_final(&http, &url, &status_url, Duration::from_secs(60)).await;
+    assert_eq!(doc["status"], "delivered", "{doc}");
+    assert_eq!(sim_stats(&http, &sim_url).await.tickets_created, 1);
+    let sim_get = |path: String| {
+        let (http, sim_url) = (http.clone(), sim_url.clone());
+        async move {
+            http.get(format!("{sim_url}{path}"))
+                .basic_auth("sandbox@example.com", Some("sandbox-key"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let list = sim_get("/api/customers?limit=10".into()).await;
+    let id = &list["data"][0]["id"];
+    let customer = sim_get(format!("/api/customers/{id}")).await;
+    assert!(
+        customer.to_string().contains("+254719908543"),
+        "delivered as accepted (E.164 under KE): {customer}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_postgresql_worker_whose_lease_passed_changes_nothing() {
+    use gorgias_proxy::outbox::{Accepted, Outbox, Status};
+    use gorgias_proxy::store::{OpenOptions, Store, StoreTarget};
+    let Some(url) = postgres_outbox_url().await else {
+        return;
+    };
+    let target = StoreTarget::Postgres(url);
+    let options = OpenOptions {
+        settle: Duration::ZERO,
+    };
+    let a = Outbox::new(Store::open(&target, options).await.unwrap(), Duration::ZERO);
+    let b = Outbox::new(Store::open(&target, options).await.unwrap(), Duration::ZERO);
+    let Accepted::New(d) = a.accept("c", None, "f", b"{}").await.unwrap() else {
+        panic!("new");
+    };
+    let stale = a.claim(Duration::from_millis(200)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let current = b.claim(Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!((current.id.as_str(), current.attempts), (d.id.as_str(), 2));
+    // The stale worker wakes up: no fence, no renewal, no record.
+    assert!(!a.holds(&stale).await.unwrap());
+    assert!(!a.renew(&stale, Duration::from_secs(30)).await.unwrap());
+    assert!(
+        !a.delivered(&stale, "{\"id\":\"1\"}".into(), false)
+            .await
+            .unwrap()
+    );
+    assert!(!a.failed(&stale, "{}".into(), false).await.unwrap());
+    let seen = b.get("c", &d.id).await.unwrap().unwrap();
+    assert_eq!(seen.status, Status::Delivering);
+    assert!(
+        b.delivered(&current, "{\"id\":\"2\"}".into(), false)
+            .await
+            .unwrap()
+    );
+    let done = b.get("c", &d.id).await.unwrap().unwrap();
+    assert_eq!(done.ticket.as_deref(), Some("{\"id\":\"2\"}"));
+}
+
+/// A TCP forwarder to `target` that can be made to blackhole: once `hole` is set, nothing more
+/// is forwarded either way and new connections are accepted and never answered, as with a
+/// database host whose packets are dropped.
+async fn blackholing_forwarder(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hole = Arc::new(AtomicBool::new(false));
+    let flag = hole.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((inbound, _)) = listener.accept().await {
+            if flag.load(Ordering::SeqCst) {
+                held.push(inbound);
+                continue;
+            }
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::spawn(pipe(ri, wo, flag.clone()));
+            tokio::spawn(pipe(ro, wi, flag.clone()));
+        }
+    });
+    (addr, hole)
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hole: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if hole.load(Ordering::SeqCst) {
+            // Swallow everything from now on, keeping both ends open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+// Multi-threaded: the forwarder must run while `start_proxy` blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_postgresql_answers_503_in_time_and_spares_the_synchronous_path() {
+    let Some(outbox) = postgres_outbox_url().await else {
+        return;
+    };
+    let mut through = url::Url::parse(&outbox).unwrap();
+    let db: SocketAddr = format!(
+        "{}:{}",
+        through.host_str().unwrap(),
+        through.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let (addr, hole) = blackholing_forwarder(db).await;
+    through.set_port(Some(addr.port())).unwrap();
+    through.set_host(Some("127.0.0.1")).unwrap();
+
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off"]);
+    let env = [
+        ("OUTBOX_URL", through.as_str()),
+        ("TICKET_CHANNEL", "phone"),
+    ];
+    let (_proxy, url) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let body = ticket_for("+1 555 0808080", None);
+    let accepted = post_async(&http, &url, &body, "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let status_url = accepted.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    hole.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let refused = post_async(&http, &url, &body, "respond-async")
+        .send()
+        .await
+        .expect("an accept answers within its deadline");
+    assert_eq!(refused.status(), 503);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "outbox_unavailable", "{problem}");
+    let status = http
+        .get(format!("{url}{status_url}"))
+        .send()
+        .await
+        .expect("a status read answers within its deadline");
+    assert_eq!(status.status(), 503);
+    let ready = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .expect("/readyz answers within its deadline");
+    assert_eq!(ready.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "each answered within the database's deadline: {:?}",
+        started.elapsed()
+    );
+    // A request that needs no database is served as ever.
+    let sync = http
+        .post(format!("{url}/ticket"))
+        .json(&ticket_for("+1 555 0808081", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sync.status(), 201);
+}
