@@ -57,8 +57,8 @@ async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: Cance
                 };
                 let event = Event {
                     kind,
-                    timestamp: crate::http::tickets::rfc3339(finished_at),
-                    data: crate::http::tickets::status_document(&delivery),
+                    timestamp: crate::outbox::rfc3339(finished_at),
+                    data: delivery.document(),
                 };
                 let body = serde_json::to_vec(&event).unwrap_or_default();
                 let outcome = webhooks.send(&format!("msg_{}", delivery.id), body).await;
@@ -174,7 +174,7 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
         Ok(ticket) => {
             crate::metrics::delivery("delivered");
             outbox
-                .delivered(&claimed, ticket, state.webhooks.is_some())
+                .delivered(&claimed, &ticket, state.webhooks.is_some())
                 .await
         }
         Err((err, permanent)) => {
@@ -231,12 +231,12 @@ impl Fence for DeliveryFence<'_> {
     }
 }
 
-/// Creates the ticket: its output JSON, or the error and whether it is final.
+/// Creates the ticket: the output model, or the error and whether it is final.
 async fn create(
     state: &AppState,
     outbox: &Outbox,
     claimed: &Claimed,
-) -> Result<String, (ApiError, bool)> {
+) -> Result<crate::output::Ticket, (ApiError, bool)> {
     // The ticket as validated at acceptance. Rows accepted before the stored form existed
     // hold the caller's body, validated again here.
     let ticket = match StoredTicket::decode(&claimed.request) {
@@ -261,7 +261,7 @@ async fn create(
     };
     let created = gorgias::in_background(state.ticketing.create_ticket(&ticket, &attempt)).await;
     match created {
-        Ok(t) => serde_json::to_string(&t).map_err(|_| (ApiError::Internal, false)),
+        Ok(t) => Ok(t),
         Err(e) => {
             let permanent = matches!(
                 e,

@@ -873,6 +873,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_memory_store_never_drops_a_claim_in_flight() {
+        // A budget that holds a handful of finished answers, filled well past it: a bounded
+        // cache's admission policy then refuses new entries, and a refused claim would let two
+        // requests with one key both proceed.
+        let store = IdempotencyStore::memory_with_budget(Duration::from_secs(60), 64 * 1024);
+        for i in 0..200 {
+            let key = format!("done{i}");
+            let Claim::Acquired(token) = store.claim(&key, "f").await.unwrap() else {
+                panic!("a fresh key is ours");
+            };
+            let answer = StoredAnswer {
+                status: 201,
+                content_type: "application/json".into(),
+                body: "x".repeat(8 * 1024),
+            };
+            store.complete(token, answer).await.unwrap();
+        }
+        for i in 0..200 {
+            let key = format!("new{i}");
+            let Claim::Acquired(_held) = store.claim(&key, "f").await.unwrap() else {
+                panic!("a fresh key is ours");
+            };
+            assert_eq!(
+                store.claim(&key, "f").await.unwrap(),
+                Claim::InProgress,
+                "{key}: the first claim was dropped"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_lease_that_is_not_renewed_lapses_and_the_retry_reconciles() {
         let store = IdempotencyStore::memory(Duration::from_secs(60))
             .with_lease(Duration::from_millis(200));

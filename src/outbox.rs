@@ -120,6 +120,61 @@ pub struct Delivery {
     pub problem: Option<String>,
 }
 
+/// `GET /tickets/{id}`: a delivery's status.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryStatus {
+    /// Opaque id of the delivery.
+    pub id: String,
+    /// `queued`, `delivering`, `delivered` or `failed`.
+    pub status: Status,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When it was accepted (RFC 3339).
+    pub accepted_at: String,
+    /// When the ticket was recorded (RFC 3339), once delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due (RFC 3339), while queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The ticket, exactly as `POST /ticket` answers it, once delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::output::Ticket>)]
+    pub ticket: Option<serde_json::Value>,
+    /// The problem a synchronous request would have received: the last one while retrying,
+    /// the final one when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::Problem>)]
+    pub problem: Option<serde_json::Value>,
+}
+
+/// A Unix-ms time in RFC 3339, as the status resource writes it.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl Delivery {
+    /// The status resource's body (`GET /tickets/{id}`, and the `data` of webhook events).
+    pub fn document(&self) -> DeliveryStatus {
+        DeliveryStatus {
+            id: self.id.clone(),
+            status: self.status,
+            attempts: self.attempts,
+            accepted_at: rfc3339(self.accepted_at),
+            delivered_at: self.delivered_at.map(rfc3339),
+            next_attempt_at: self.next_attempt_at.map(rfc3339),
+            ticket: self
+                .ticket
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
+            problem: self
+                .problem
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+        }
+    }
+}
+
 /// What `accept` found.
 #[derive(Debug, Clone)]
 pub enum Accepted {
@@ -399,9 +454,11 @@ impl Outbox {
     pub async fn delivered(
         &self,
         claimed: &Claimed,
-        ticket: String,
+        ticket: &crate::output::Ticket,
         webhook: bool,
     ) -> Result<bool, OutboxError> {
+        // Our own plain struct: encoding it cannot fail; were it to, the row says so.
+        let ticket = serde_json::to_string(ticket).unwrap_or_else(|_| "null".into());
         let changed = self
             .store()
             .execute(
@@ -607,6 +664,18 @@ mod tests {
 
     use std::path::PathBuf;
 
+    /// The recorded ticket, as the output model.
+    fn ticket() -> crate::output::Ticket {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/post-tickets.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let wire: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ticket: gorgias::Ticket = serde_json::from_value(wire["body"].clone()).unwrap();
+        crate::output::Ticket::try_from(ticket).unwrap()
+    }
+
     async fn temp_outbox() -> (Outbox, PathBuf) {
         let dir = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::new_v4()));
         let path = dir.join("outbox.db");
@@ -671,12 +740,7 @@ mod tests {
             claimed.external_id,
             crate::idempotency::external_id("c:k", "f")
         );
-        assert!(
-            outbox
-                .delivered(&claimed, "{\"id\":1}".into(), true)
-                .await
-                .unwrap()
-        );
+        assert!(outbox.delivered(&claimed, &ticket(), true).await.unwrap());
         let (event, attempts, _) = outbox
             .claim_webhook(Duration::from_secs(10))
             .await
@@ -693,7 +757,9 @@ mod tests {
         outbox.webhook_done(&d.id, true).await.unwrap();
         let got = outbox.get("c", &d.id).await.unwrap().unwrap();
         assert_eq!(got.status, Status::Delivered);
-        assert_eq!(got.ticket.as_deref(), Some("{\"id\":1}"));
+        let stored: serde_json::Value =
+            serde_json::from_str(got.ticket.as_deref().unwrap()).unwrap();
+        assert_eq!(stored, serde_json::to_value(ticket()).unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -725,7 +791,7 @@ mod tests {
         // The first worker lost its claim: none of its writes changes anything.
         assert!(!outbox.renew(&first, Duration::from_secs(10)).await.unwrap());
         assert!(!outbox.holds(&first).await.unwrap());
-        assert!(!outbox.delivered(&first, "{}".into(), false).await.unwrap());
+        assert!(!outbox.delivered(&first, &ticket(), false).await.unwrap());
         assert!(!outbox.failed(&first, "{}".into(), false).await.unwrap());
         assert!(outbox.holds(&again).await.unwrap());
         assert_eq!(

@@ -90,7 +90,7 @@ fn create_ticket_doc() {}
                    Gorgias ticket id of a 201.",
     params(("delivery_id" = String, Path, description = "The `id` answered with 202")),
     responses(
-        (status = 200, description = "Where the delivery stands", body = crate::http::tickets::DeliveryStatus,
+        (status = 200, description = "Where the delivery stands", body = crate::outbox::DeliveryStatus,
          headers(("X-Request-Id" = String))),
         (status = 401, description = "Missing or unknown bearer token",
          body = Problem, content_type = "application/problem+json",
@@ -146,7 +146,7 @@ impl Modify for BearerAuth {
     components(schemas(
         TicketRequest, CustomerIn, TicketIn, MessageIn, AttachmentIn,
         Ticket, Message, User, Assignee, Attachment, Tag, Problem,
-        crate::http::tickets::AcceptedTicket, crate::http::tickets::DeliveryStatus,
+        crate::http::tickets::AcceptedTicket, crate::outbox::DeliveryStatus,
         crate::outbox::Status
     )),
     modifiers(&BearerAuth),

@@ -10,11 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::callers::Caller;
 use crate::error::ApiError;
-use crate::outbox::{Accepted, Delivery, Outbox, Status};
+use crate::outbox::{Accepted, Delivery, DeliveryStatus, Outbox, Status};
 use crate::state::AppState;
 
 /// The answer to an accepted asynchronous request (202).
@@ -26,34 +25,6 @@ pub struct AcceptedTicket {
     pub status: Status,
     /// `GET` this for its status (also in `Location`).
     pub status_url: String,
-}
-
-/// `GET /tickets/{id}`: a delivery's status.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeliveryStatus {
-    /// Opaque id of the delivery.
-    pub id: String,
-    /// `queued`, `delivering`, `delivered` or `failed`.
-    pub status: Status,
-    /// Attempts started so far.
-    pub attempts: u32,
-    /// When it was accepted (RFC 3339).
-    pub accepted_at: String,
-    /// When the ticket was recorded (RFC 3339), once delivered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<String>,
-    /// When the next attempt is due (RFC 3339), while queued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
-    /// The ticket, exactly as `POST /ticket` answers it, once delivered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::output::Ticket>)]
-    pub ticket: Option<Value>,
-    /// The problem a synchronous request would have received: the last one while retrying,
-    /// the final one when failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::error::Problem>)]
-    pub problem: Option<Value>,
 }
 
 pub(crate) fn router() -> Router<AppState> {
@@ -208,32 +179,7 @@ async fn status(
             ApiError::OutboxUnavailable
         })?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(status_document(&delivery)))
-}
-
-/// A Unix-ms time in RFC 3339, as the status resource writes it.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// The status resource's body.
-pub(crate) fn status_document(d: &Delivery) -> DeliveryStatus {
-    DeliveryStatus {
-        id: d.id.clone(),
-        status: d.status,
-        attempts: d.attempts,
-        accepted_at: rfc3339(d.accepted_at),
-        delivered_at: d.delivered_at.map(rfc3339),
-        next_attempt_at: d.next_attempt_at.map(rfc3339),
-        ticket: d
-            .ticket
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok()),
-        problem: d
-            .problem
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok()),
-    }
+    Ok(Json(delivery.document()))
 }
 
 #[cfg(test)]

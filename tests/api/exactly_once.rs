@@ -231,21 +231,26 @@ async fn a_stale_postgresql_worker_whose_lease_passed_changes_nothing() {
     // The stale worker wakes up: no fence, no renewal, no record.
     assert!(!a.holds(&stale).await.unwrap());
     assert!(!a.renew(&stale, Duration::from_secs(30)).await.unwrap());
-    assert!(
-        !a.delivered(&stale, "{\"id\":\"1\"}".into(), false)
-            .await
-            .unwrap()
-    );
+    let ticket = |id: u64| {
+        let mut wire: Value = serde_json::from_str::<Value>(include_str!(
+            "../fixtures/post-tickets.json"
+        ))
+        .unwrap()["body"]
+            .clone();
+        wire["id"] = id.into();
+        gorgias_proxy::output::Ticket::try_from(
+            serde_json::from_value::<gorgias::Ticket>(wire).unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(!a.delivered(&stale, &ticket(1), false).await.unwrap());
     assert!(!a.failed(&stale, "{}".into(), false).await.unwrap());
     let seen = b.get("c", &d.id).await.unwrap().unwrap();
     assert_eq!(seen.status, Status::Delivering);
-    assert!(
-        b.delivered(&current, "{\"id\":\"2\"}".into(), false)
-            .await
-            .unwrap()
-    );
+    assert!(b.delivered(&current, &ticket(2), false).await.unwrap());
     let done = b.get("c", &d.id).await.unwrap().unwrap();
-    assert_eq!(done.ticket.as_deref(), Some("{\"id\":\"2\"}"));
+    let stored: Value = serde_json::from_str(done.ticket.as_deref().unwrap()).unwrap();
+    assert_eq!(stored["id"], "2", "the current worker's record stands");
 }
 
 /// A TCP forwarder to `target` that can be made to blackhole: once `hole` is set, nothing more
