@@ -154,21 +154,13 @@ async fn upkeep(outbox: Outbox, stop: CancellationToken) {
 /// One attempt at one delivery, its lease renewed while it runs. A panic in the attempt is
 /// caught and recorded as a failure to retry: the worker goes on to the next delivery.
 async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
-    use futures_util::FutureExt as _;
     let work = async {
         tokio::select! {
             o = create(state, outbox, &claimed) => o,
             () = keep_leased(outbox, &claimed, state.delivery.lease) => unreachable!("never completes"),
         }
     };
-    let outcome = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            tracing::error!(attempts = claimed.attempts, "a delivery attempt panicked");
-            crate::metrics::delivery("panicked");
-            Err((ApiError::Internal, false))
-        }
-    };
+    let outcome = guarded(work).await;
     let age = Duration::from_millis(crate::outbox::now_ms().saturating_sub(claimed.accepted_at));
     let recorded = match outcome {
         Ok(ticket) => {
@@ -209,6 +201,22 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
         // The lease lapses and the delivery is claimed again (after the settle window); its
         // ticket is found by external_id, so nothing is created twice.
         Err(e) => tracing::error!(error = %e, "could not record a delivery's outcome"),
+    }
+}
+
+/// Runs an attempt's work; a panic in it becomes a failure to retry (500 `internal`, not
+/// final), so the worker records it and goes on to the next delivery.
+async fn guarded<T>(
+    work: impl Future<Output = Result<T, (ApiError, bool)>>,
+) -> Result<T, (ApiError, bool)> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!("a delivery attempt panicked");
+            crate::metrics::delivery("panicked");
+            Err((ApiError::Internal, false))
+        }
     }
 }
 
@@ -309,6 +317,23 @@ fn backoff(settings: &DeliverySettings, attempts: u32, err: &ApiError) -> Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_attempt_is_a_failure_to_retry_not_the_workers_end() {
+        let outcome = guarded(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in one delivery");
+            }
+            Ok::<u32, (ApiError, bool)>(1)
+        })
+        .await;
+        assert!(matches!(outcome, Err((ApiError::Internal, false))));
+        // The worker is still here to run the next one.
+        assert_eq!(
+            guarded(async { Ok::<u32, (ApiError, bool)>(2) }).await.ok(),
+            Some(2)
+        );
+    }
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
