@@ -378,3 +378,171 @@ async fn a_blackholed_postgresql_answers_503_in_time_and_spares_the_synchronous_
         .unwrap();
     assert_eq!(sync.status(), 201);
 }
+
+/// The simulator's tickets' `external_id`s, each with how many tickets carry it.
+async fn external_ids(
+    http: &reqwest::Client,
+    sim_url: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let all: Value = crate::helpers::get_json(http, &format!("{sim_url}/_sim/tickets")).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for t in all["data"].as_array().unwrap() {
+        let id = t["external_id"].as_str().unwrap_or_default().to_owned();
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Gorgias's list by `external_id` lags 5 s behind a create, and half the create answers are
+/// lost after the ticket was stored; the settle window (7 s) is longer than the lag.
+const LAGGING: &[&str] = &[
+    "--rate-limit",
+    "off",
+    "--ticket-list-lag-ms",
+    "5000",
+    "--fail-after-commit",
+    "0.5",
+    "--fail-after-commit-mode",
+    "drop",
+];
+const SETTLE: (&str, &str) = ("GORGIAS_SETTLE_SECS", "7");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_lists_and_lost_answers_make_no_duplicate_for_keyed_requests() {
+    let (_sim, sim_url) = start_sim(LAGGING);
+    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE]);
+    let http = reqwest::Client::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (http, url) = (http.clone(), url.clone());
+        set.spawn(async move {
+            let key = unique("lag-keyed");
+            let body = ticket_for(&format!("+1 555 03{i:05}"), None);
+            // A caller retries with its key until a final answer, as the README asks.
+            for _ in 0..10 {
+                let resp = post_keyed(&http, &url, &key, &body, Duration::from_secs(40)).await;
+                if let Ok(resp) = resp {
+                    let status = resp.status().as_u16();
+                    if status == 201 {
+                        return resp.json::<Value>().await.unwrap()["external_id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                    }
+                    assert!(status >= 500 || status == 409, "{status}");
+                    let wait = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+            }
+            panic!("no final answer");
+        });
+    }
+    let answered = set.join_all().await;
+    let counts = external_ids(&http, &sim_url).await;
+    assert_eq!(counts.len(), 30, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
+    for id in &answered {
+        assert_eq!(counts.get(id), Some(&1), "{id} answered and stored once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_lists_and_lost_answers_make_no_duplicate_for_unkeyed_requests() {
+    let (_sim, sim_url) = start_sim(LAGGING);
+    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE]);
+    let http = reqwest::Client::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (http, url) = (http.clone(), url.clone());
+        set.spawn(async move {
+            let body = ticket_for(&format!("+1 555 04{i:05}"), None);
+            let resp = http
+                .post(format!("{url}/ticket"))
+                .timeout(Duration::from_secs(40))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        });
+    }
+    let statuses = set.join_all().await;
+    // Each request is answered (its ticket, or "outcome unknown" naming it), and makes one
+    // ticket at most: the creates all land, so exactly one each.
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 503),
+        "{statuses:?}"
+    );
+    let counts = external_ids(&http, &sim_url).await;
+    assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
+    assert_eq!(counts.len(), 30, "one ticket per request: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_lists_and_lost_answers_make_no_duplicate_for_async_deliveries() {
+    let (_sim, sim_url) = start_sim(LAGGING);
+    let (_proxy, url) = start_proxy(
+        &sim_url,
+        &[
+            ("TICKET_CHANNEL", "phone"),
+            ("DELIVERY_CONCURRENCY", "4"),
+            SETTLE,
+        ],
+    );
+    let http = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for i in 0..20 {
+        let body = ticket_for(&format!("+1 555 05{i:05}"), None);
+        let resp = post_async(&http, &url, &body, "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        urls.push(
+            resp.json::<Value>().await.unwrap()["status_url"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for status_url in &urls {
+        let doc = until_final(&http, &url, status_url, Duration::from_secs(120)).await;
+        assert_eq!(doc["status"], "delivered", "{doc}");
+    }
+    let counts = external_ids(&http, &sim_url).await;
+    assert_eq!(counts.len(), 20, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_committed_after_our_timeout_is_found_not_made_again() {
+    // Gorgias stores the ticket 3 s after the call; we stop waiting at 2 s.
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off", "--late-commit-ms", "3000"]);
+    let (_proxy, url) = start_proxy(
+        &sim_url,
+        &[
+            ("TICKET_CHANNEL", "phone"),
+            ("GORGIAS_TIMEOUT_MS", "2000"),
+            ("GORGIAS_SETTLE_SECS", "5"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let key = unique("late");
+    let body = ticket_for("+1 555 0909090", None);
+    let resp = post_keyed(&http, &url, &key, &body, Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ticket: Value = resp.json().await.unwrap();
+    let counts = external_ids(&http, &sim_url).await;
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(
+        counts.get(ticket["external_id"].as_str().unwrap()),
+        Some(&1),
+        "the late ticket was found, not made again"
+    );
+}
