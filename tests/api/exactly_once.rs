@@ -546,3 +546,39 @@ async fn a_create_committed_after_our_timeout_is_found_not_made_again() {
         "the late ticket was found, not made again"
     );
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_postgresql_share_keys_without_redis() {
+    let Some(outbox) = postgres_outbox_url().await else {
+        return;
+    };
+    let (_sim, sim_url) = start_sim(&["--rate-limit", "off"]);
+    let env = [("OUTBOX_URL", outbox.as_str()), ("TICKET_CHANNEL", "phone")];
+    let (_a, a) = start_proxy(&sim_url, &env);
+    let (_b, b) = start_proxy(&sim_url, &env);
+    let http = reqwest::Client::new();
+    let key = unique("pg-key");
+    let body = ticket_for("+1 555 0606061", None);
+    let first = post_keyed(&http, &a, &key, &body, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post_keyed(&http, &b, &key, &body, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    let other = post_keyed(
+        &http,
+        &b,
+        &key,
+        &ticket_for("+1 555 0606062", None),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 422, "the key with another body");
+    assert_eq!(sim_stats(&http, &sim_url).await.tickets_created, 1);
+}
