@@ -60,6 +60,13 @@ pub struct Args {
     /// Milliseconds before a customer created through the API appears in search results.
     #[arg(long, default_value_t = 0)]
     pub search_lag_ms: u64,
+    /// Milliseconds before a stored ticket appears in `GET /api/tickets?external_id=`.
+    #[arg(long, default_value_t = 0)]
+    pub ticket_list_lag_ms: u64,
+    /// Milliseconds after a ticket create is called before the ticket is stored (and the
+    /// call answered), whether or not the caller is still there.
+    #[arg(long, default_value_t = 0)]
+    pub late_commit_ms: u64,
 }
 
 impl Args {
@@ -94,6 +101,7 @@ impl Args {
                 error_status: Some(a.error_status),
                 error_routes: a.error_route,
                 commit_latency_ms: a.commit_latency_ms,
+                late_commit_ms: a.late_commit_ms,
                 fail_after_commit_rate: a.fail_after_commit,
                 fail_after_commit: match a.fail_after_commit_mode.as_str() {
                     "drop" => CommitFailure::Drop,
@@ -106,6 +114,7 @@ impl Args {
                 },
             },
             search_lag: std::time::Duration::from_millis(a.search_lag_ms),
+            ticket_list_lag: std::time::Duration::from_millis(a.ticket_list_lag_ms),
             ..SimConfig::default()
         };
         if let Some(list) = a.assignment_channels {

@@ -113,6 +113,10 @@ pub struct Faults {
     pub fail_after_commit: CommitFailure,
     /// `POST /api/tickets` stores the ticket, then waits this long (ms) before answering.
     pub commit_latency_ms: u64,
+    /// `POST /api/tickets` stores the ticket this long (ms) after the call was made, whether
+    /// or not the caller is still connected, then answers: a caller whose timeout is shorter
+    /// sees a timeout, and the ticket exists all the same a moment later.
+    pub late_commit_ms: u64,
 }
 
 /// How the simulator starts.
@@ -136,6 +140,9 @@ pub struct SimConfig {
     /// is backed by an index that trails writes; how long live is unknown). Default 0:
     /// tests that are not about the lag should not wait for it.
     pub search_lag: Duration,
+    /// How long a stored ticket stays out of `GET /api/tickets?external_id=` (whether
+    /// Gorgias's list trails its writes, and by how much, is unknown). Default 0.
+    pub ticket_list_lag: Duration,
 }
 
 impl Default for SimConfig {
@@ -158,6 +165,7 @@ impl Default for SimConfig {
             .map(String::from)
             .to_vec(),
             search_lag: Duration::ZERO,
+            ticket_list_lag: Duration::ZERO,
         }
     }
 }
@@ -189,6 +197,7 @@ pub(crate) struct Control {
     pub bucket: Option<Bucket>,
     pub assignment_channels: Vec<String>,
     pub search_lag: Duration,
+    pub ticket_list_lag: Duration,
 }
 
 impl Shared {
@@ -237,6 +246,7 @@ impl Simulator {
                 bucket: config.rate_limit.map(|(n, w)| Bucket::new(n, w)),
                 assignment_channels: config.assignment_channels,
                 search_lag: config.search_lag,
+                ticket_list_lag: config.ticket_list_lag,
             }),
         });
         let app = routes::router(shared.clone());
@@ -289,6 +299,12 @@ impl Simulator {
     /// Replaces the search lag (see [`SimConfig::search_lag`]) for customers created from now.
     pub fn set_search_lag(&self, lag: Duration) {
         self.shared.control().search_lag = lag;
+    }
+
+    /// Replaces the ticket list lag (see [`SimConfig::ticket_list_lag`]) for tickets stored
+    /// from now.
+    pub fn set_ticket_list_lag(&self, lag: Duration) {
+        self.shared.control().ticket_list_lag = lag;
     }
 
     /// Adds a customer directly (no call counted); returns its id. It is searchable at once:

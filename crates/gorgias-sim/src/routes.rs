@@ -653,175 +653,37 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
             Some(Value::Object(errors)),
         );
     }
-    let (commit_rate, commit_mode, commit_latency, search_lag) = {
+    let (commit_rate, commit_mode, commit_latency, late_commit, search_lag, list_lag) = {
         let c = sim.control();
         (
             c.faults.fail_after_commit_rate,
             c.faults.fail_after_commit,
             c.faults.commit_latency_ms,
+            c.faults.late_commit_ms,
             c.search_lag,
+            c.ticket_list_lag,
         )
     };
-    let ticket = {
-        let mut data = sim.data();
-        // The customer: by id (must exist) or by email (found or created, as Gorgias matches
-        // tickets to customer profiles by email; whether it creates one is not confirmed).
-        let customer_ref = m.get("customer").cloned().unwrap_or(Value::Null);
-        let customer_id = match (
-            customer_ref.get("id").and_then(Value::as_u64),
-            customer_ref.get("email").and_then(Value::as_str),
-        ) {
-            (Some(id), _) if data.customers.contains_key(&id) => Some(id),
-            (Some(_), _) => {
-                return gorgias_error(
-                    StatusCode::BAD_REQUEST,
-                    "Failed to create ticket",
-                    Some(json!({"customer": {"id": ["Customer does not exist."]}})),
-                );
-            }
-            (None, Some(email)) => Some(match data.by_email.get(&email.to_lowercase()) {
-                Some(id) => *id,
-                None => data.insert_customer(
-                    NewCustomer {
-                        email: Some(email.to_owned()),
-                        name: customer_ref
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned),
-                        external_id: None,
-                        channels: vec![("email".into(), email.to_owned())],
-                    },
-                    Instant::now() + search_lag,
-                ),
-            }),
-            (None, None) => None,
-        };
-        let ticket_id = data.next_ticket_id();
-        let now = now_iso();
-        let customer = customer_id.and_then(|id| data.customers.get(&id).cloned());
-        let person = customer.as_ref().map_or(Value::Null, CustomerRec::person);
-        let customer_full = customer
-            .as_ref()
-            .map_or(Value::Null, CustomerRec::on_ticket);
-        let channel = m.get("channel").cloned().unwrap_or(json!("api"));
-        let mut messages = Vec::new();
-        let mut any_incoming = false;
-        for msg in m
-            .get("messages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let mid = data.next_message_id();
-            // Sent as [] or not at all, the recording answers null.
-            let attachments = match msg.get("attachments").and_then(Value::as_array) {
-                Some(list) if !list.is_empty() => Value::Array(
-                    list.iter()
-                        .map(|a| {
-                            json!({"url": a.get("url"), "name": a.get("name"), "size": a.get("size"),
-                                   "content_type": a.get("content_type"), "public": true})
-                        })
-                        .collect(),
-                ),
-                _ => Value::Null,
-            };
-            let msg_channel = msg.get("channel").cloned().unwrap_or(channel.clone());
-            // Gorgias fills `source: {type: <channel>}` when none is sent (recorded); a sent
-            // source (an email's from/to) is kept, its `type` filled in when missing.
-            let source = match msg.get("source") {
-                Some(Value::Object(src)) => {
-                    let mut src = src.clone();
-                    src.entry("type").or_insert_with(|| msg_channel.clone());
-                    Value::Object(src)
-                }
-                _ => json!({"type": msg_channel}),
-            };
-            let via = match msg.get("via") {
-                Some(v) if !v.is_null() => v.clone(),
-                _ => json!("api"),
-            };
-            let sender_ref = msg.get("sender");
-            let sender =
-                if let Some(id) = sender_ref.and_then(|s| s.get("id")).and_then(Value::as_u64) {
-                    data.customers
-                        .get(&id)
-                        .map_or(Value::Null, CustomerRec::person)
-                } else if let Some(found) = sender_ref
-                    .and_then(|s| s.get("email"))
-                    .and_then(Value::as_str)
-                    .and_then(|e| data.by_email.get(&e.to_lowercase()))
-                    .and_then(|id| data.customers.get(id))
-                {
-                    found.person()
-                } else {
-                    person.clone()
-                };
-            if msg.get("from_agent") == Some(&Value::Bool(false)) {
-                any_incoming = true;
-            }
-            messages.push(json!({
-                "id": mid,
-                "uri": format!("/api/tickets/{ticket_id}/messages/{mid}/"),
-                "message_id": null, "ticket_id": ticket_id,
-                "external_id": msg.get("external_id"),
-                "public": true, "channel": msg_channel, "via": via,
-                "source": source,
-                "sender": sender,
-                "integration_id": null, "intents": [], "rule_id": null,
-                "from_agent": msg.get("from_agent"), "receiver": null,
-                "subject": msg.get("subject"),
-                "body_text": msg.get("body_text"), "body_html": msg.get("body_html"),
-                "stripped_text": null, "stripped_html": null, "stripped_signature": null,
-                "attachments": attachments, "macros": [], "actions": null, "meta": null,
-                "created_datetime": now, "sent_datetime": now, "failed_datetime": null,
-                "opened_datetime": null, "last_sending_error": null, "is_retriable": true,
-                "imported": false, "processed_datetime": now, "auth_customer_identity": null
-            }));
+    let ticket = if late_commit > 0 {
+        // Stored `late_commit` ms after the call was made, whether or not the caller is still
+        // there to hear about it (a task of its own, not this handler's future); the answer
+        // comes once it is stored.
+        let sim = Arc::clone(&sim);
+        let stored = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(late_commit)).await;
+            store_new_ticket(&sim, &m, search_lag, list_lag)
+        })
+        .await;
+        match stored {
+            Ok(Ok(ticket)) => ticket,
+            Ok(Err(refused)) => return *refused,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         }
-        let mut tags = Vec::new();
-        for t in m
-            .get("tags")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(name) = t.get("name").and_then(Value::as_str) {
-                tags.push(data.tag(name));
-            }
+    } else {
+        match store_new_ticket(&sim, &m, search_lag, list_lag) {
+            Ok(ticket) => ticket,
+            Err(refused) => return *refused,
         }
-        let mut ticket = json!({
-            "id": ticket_id,
-            "uri": format!("/api/tickets/{ticket_id}/"),
-            "external_id": m.get("external_id"),
-            "events": [], "status": m.get("status").cloned().unwrap_or(json!("open")),
-            "priority": m.get("priority").filter(|p| !p.is_null()).cloned()
-                .unwrap_or(json!("normal")),
-            "channel": channel, "via": m.get("via").cloned().unwrap_or(json!("api")),
-            "from_agent": m.get("from_agent").cloned().unwrap_or(json!(false)),
-            "spam": false,
-            "customer": customer_full.clone(),
-            "assignee_user": null, "assignee_user_id": null,
-            "assignee_team": null, "assignee_team_id": null,
-            "language": null, "subject": m.get("subject"), "summary": null,
-            "meta": m.get("meta"), "tags": tags,
-            "messages": messages,
-            // Not set to now: the 2026 recording answers null (the 2025 one had a time).
-            "created_datetime": now, "opened_datetime": null,
-            "last_received_message_datetime": if any_incoming { json!(now) } else { Value::Null },
-            "last_message_datetime": now,
-            "updated_datetime": now, "closed_datetime": null, "trashed_datetime": null,
-            "snooze_datetime": null, "satisfaction_survey": null,
-            // Recorded in 2026: only these two keys, even for a phone ticket.
-            "reply_options": {"email": {"answerable": true}, "internal-note": {"answerable": true}},
-            "requester": customer_full,
-            "is_unread": true, "imported": false, "processed_datetime": now
-        });
-        // Not in the recorded answer (none was sent); returned as sent when sent.
-        if let (Some(cf), Some(obj)) = (m.get("custom_fields"), ticket.as_object_mut()) {
-            obj.insert("custom_fields".into(), cf.clone());
-        }
-        data.store_ticket(ticket_id, ticket.clone());
-        ticket
     };
     if commit_latency > 0 {
         // Stored, not yet answered: the window in which a caller's process can die.
@@ -838,6 +700,176 @@ async fn create_ticket(State(sim): Sim, body: Bytes) -> Response {
         };
     }
     (StatusCode::CREATED, Json(ticket)).into_response()
+}
+
+/// Builds the ticket `m` asks for and stores it: the customer (by id, or found or created by
+/// email), the messages in the recorded shape. The list filtered by its `external_id` shows it
+/// only `list_lag` after it was stored.
+fn store_new_ticket(
+    sim: &Shared,
+    m: &serde_json::Map<String, Value>,
+    search_lag: Duration,
+    list_lag: Duration,
+) -> Result<Value, Box<Response>> {
+    let mut data = sim.data();
+    // The customer: by id (must exist) or by email (found or created, as Gorgias matches
+    // tickets to customer profiles by email; whether it creates one is not confirmed).
+    let customer_ref = m.get("customer").cloned().unwrap_or(Value::Null);
+    let customer_id = match (
+        customer_ref.get("id").and_then(Value::as_u64),
+        customer_ref.get("email").and_then(Value::as_str),
+    ) {
+        (Some(id), _) if data.customers.contains_key(&id) => Some(id),
+        (Some(_), _) => {
+            return Err(Box::new(gorgias_error(
+                StatusCode::BAD_REQUEST,
+                "Failed to create ticket",
+                Some(json!({"customer": {"id": ["Customer does not exist."]}})),
+            )));
+        }
+        (None, Some(email)) => Some(match data.by_email.get(&email.to_lowercase()) {
+            Some(id) => *id,
+            None => data.insert_customer(
+                NewCustomer {
+                    email: Some(email.to_owned()),
+                    name: customer_ref
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    external_id: None,
+                    channels: vec![("email".into(), email.to_owned())],
+                },
+                Instant::now() + search_lag,
+            ),
+        }),
+        (None, None) => None,
+    };
+    let ticket_id = data.next_ticket_id();
+    let now = now_iso();
+    let customer = customer_id.and_then(|id| data.customers.get(&id).cloned());
+    let person = customer.as_ref().map_or(Value::Null, CustomerRec::person);
+    let customer_full = customer
+        .as_ref()
+        .map_or(Value::Null, CustomerRec::on_ticket);
+    let channel = m.get("channel").cloned().unwrap_or(json!("api"));
+    let mut messages = Vec::new();
+    let mut any_incoming = false;
+    for msg in m
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let mid = data.next_message_id();
+        // Sent as [] or not at all, the recording answers null.
+        let attachments = match msg.get("attachments").and_then(Value::as_array) {
+            Some(list) if !list.is_empty() => Value::Array(
+                list.iter()
+                    .map(|a| {
+                        json!({"url": a.get("url"), "name": a.get("name"), "size": a.get("size"),
+                               "content_type": a.get("content_type"), "public": true})
+                    })
+                    .collect(),
+            ),
+            _ => Value::Null,
+        };
+        let msg_channel = msg.get("channel").cloned().unwrap_or(channel.clone());
+        // Gorgias fills `source: {type: <channel>}` when none is sent (recorded); a sent
+        // source (an email's from/to) is kept, its `type` filled in when missing.
+        let source = match msg.get("source") {
+            Some(Value::Object(src)) => {
+                let mut src = src.clone();
+                src.entry("type").or_insert_with(|| msg_channel.clone());
+                Value::Object(src)
+            }
+            _ => json!({"type": msg_channel}),
+        };
+        let via = match msg.get("via") {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => json!("api"),
+        };
+        let sender_ref = msg.get("sender");
+        let sender = if let Some(id) = sender_ref.and_then(|s| s.get("id")).and_then(Value::as_u64)
+        {
+            data.customers
+                .get(&id)
+                .map_or(Value::Null, CustomerRec::person)
+        } else if let Some(found) = sender_ref
+            .and_then(|s| s.get("email"))
+            .and_then(Value::as_str)
+            .and_then(|e| data.by_email.get(&e.to_lowercase()))
+            .and_then(|id| data.customers.get(id))
+        {
+            found.person()
+        } else {
+            person.clone()
+        };
+        if msg.get("from_agent") == Some(&Value::Bool(false)) {
+            any_incoming = true;
+        }
+        messages.push(json!({
+            "id": mid,
+            "uri": format!("/api/tickets/{ticket_id}/messages/{mid}/"),
+            "message_id": null, "ticket_id": ticket_id,
+            "external_id": msg.get("external_id"),
+            "public": true, "channel": msg_channel, "via": via,
+            "source": source,
+            "sender": sender,
+            "integration_id": null, "intents": [], "rule_id": null,
+            "from_agent": msg.get("from_agent"), "receiver": null,
+            "subject": msg.get("subject"),
+            "body_text": msg.get("body_text"), "body_html": msg.get("body_html"),
+            "stripped_text": null, "stripped_html": null, "stripped_signature": null,
+            "attachments": attachments, "macros": [], "actions": null, "meta": null,
+            "created_datetime": now, "sent_datetime": now, "failed_datetime": null,
+            "opened_datetime": null, "last_sending_error": null, "is_retriable": true,
+            "imported": false, "processed_datetime": now, "auth_customer_identity": null
+        }));
+    }
+    let mut tags = Vec::new();
+    for t in m
+        .get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = t.get("name").and_then(Value::as_str) {
+            tags.push(data.tag(name));
+        }
+    }
+    let mut ticket = json!({
+        "id": ticket_id,
+        "uri": format!("/api/tickets/{ticket_id}/"),
+        "external_id": m.get("external_id"),
+        "events": [], "status": m.get("status").cloned().unwrap_or(json!("open")),
+        "priority": m.get("priority").filter(|p| !p.is_null()).cloned()
+            .unwrap_or(json!("normal")),
+        "channel": channel, "via": m.get("via").cloned().unwrap_or(json!("api")),
+        "from_agent": m.get("from_agent").cloned().unwrap_or(json!(false)),
+        "spam": false,
+        "customer": customer_full.clone(),
+        "assignee_user": null, "assignee_user_id": null,
+        "assignee_team": null, "assignee_team_id": null,
+        "language": null, "subject": m.get("subject"), "summary": null,
+        "meta": m.get("meta"), "tags": tags,
+        "messages": messages,
+        // Not set to now: the 2026 recording answers null (the 2025 one had a time).
+        "created_datetime": now, "opened_datetime": null,
+        "last_received_message_datetime": if any_incoming { json!(now) } else { Value::Null },
+        "last_message_datetime": now,
+        "updated_datetime": now, "closed_datetime": null, "trashed_datetime": null,
+        "snooze_datetime": null, "satisfaction_survey": null,
+        // Recorded in 2026: only these two keys, even for a phone ticket.
+        "reply_options": {"email": {"answerable": true}, "internal-note": {"answerable": true}},
+        "requester": customer_full,
+        "is_unread": true, "imported": false, "processed_datetime": now
+    });
+    // Not in the recorded answer (none was sent); returned as sent when sent.
+    if let (Some(cf), Some(obj)) = (m.get("custom_fields"), ticket.as_object_mut()) {
+        obj.insert("custom_fields".into(), cf.clone());
+    }
+    data.store_ticket(ticket_id, ticket.clone(), Instant::now() + list_lag);
+    Ok(ticket)
 }
 
 /// An answer whose body fails at once, so hyper cuts the connection before a complete
@@ -895,7 +927,18 @@ async fn list_tickets(
     };
     let data = sim.data();
     let ids: Vec<u64> = match q.get("external_id") {
-        Some(ext) => data.by_external_id.get(ext).cloned().unwrap_or_default(),
+        // The filter is served by something that trails writes (as search does): a ticket
+        // shows only once its list lag has passed.
+        Some(ext) => {
+            let now = Instant::now();
+            data.by_external_id
+                .get(ext)
+                .into_iter()
+                .flatten()
+                .filter(|(_, listed_at)| *listed_at <= now)
+                .map(|(id, _)| *id)
+                .collect()
+        }
         None => data.ticket_order.clone(),
     };
     // Newest first, as Gorgias's default order.

@@ -120,7 +120,8 @@ pub(crate) struct Data {
     pub phones: BTreeMap<String, Vec<(u64, usize)>>,
     pub tickets: HashMap<u64, Value>,
     pub ticket_order: Vec<u64>,
-    pub by_external_id: HashMap<String, Vec<u64>>,
+    /// Ticket `external_id` → (ticket id, when the filtered list starts showing it).
+    pub by_external_id: HashMap<String, Vec<(u64, Instant)>>,
     next_customer: u64,
     next_channel: u64,
     next_ticket: u64,
@@ -233,12 +234,13 @@ impl Data {
         id
     }
 
-    pub(crate) fn store_ticket(&mut self, id: u64, ticket: Value) {
+    /// Stores a ticket; the list filtered by its `external_id` shows it from `listed_at`.
+    pub(crate) fn store_ticket(&mut self, id: u64, ticket: Value, listed_at: Instant) {
         if let Some(ext) = ticket.get("external_id").and_then(Value::as_str) {
             self.by_external_id
                 .entry(ext.to_owned())
                 .or_default()
-                .push(id);
+                .push((id, listed_at));
         }
         self.tickets.insert(id, ticket);
         self.ticket_order.push(id);

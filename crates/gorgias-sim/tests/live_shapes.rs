@@ -560,3 +560,83 @@ async fn assignment_channels_and_search_lag_come_from_the_flags() {
         "the rest as recorded"
     );
 }
+
+#[tokio::test]
+async fn a_stored_ticket_reaches_the_external_id_list_only_after_the_lag() {
+    let lag = Duration::from_millis(400);
+    let s = start(SimConfig {
+        ticket_list_lag: lag,
+        seed_customers: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut ticket = minimal_ticket(488_071_553);
+    ticket["external_id"] = json!("lagging-1");
+    let stored_at = Instant::now();
+    let (status, created) = s.post("/api/tickets", &ticket).await;
+    assert_eq!(status, 201, "{created}");
+    // In the database at once...
+    let (_, fetched) = s.get(&format!("/api/tickets/{}", created["id"])).await;
+    assert_eq!(fetched["id"], created["id"]);
+    // ...but not in the filtered list yet.
+    let (_, early) = s.get("/api/tickets?external_id=lagging-1").await;
+    assert_eq!(early["data"], json!([]));
+    let shown_at = loop {
+        let (_, listed) = s.get("/api/tickets?external_id=lagging-1").await;
+        if listed["data"].as_array().unwrap().len() == 1 {
+            break Instant::now();
+        }
+        assert!(stored_at.elapsed() < Duration::from_secs(5), "never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(shown_at - stored_at >= lag, "{:?}", shown_at - stored_at);
+}
+
+#[tokio::test]
+async fn a_late_commit_stores_the_ticket_even_when_the_caller_hung_up() {
+    let s = start(SimConfig {
+        seed_customers: 1,
+        faults: gorgias_sim::Faults {
+            late_commit_ms: 500,
+            ..gorgias_sim::Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let mut ticket = minimal_ticket(488_071_553);
+    ticket["external_id"] = json!("late-1");
+    // The caller gives up after 100 ms.
+    let gave_up = s
+        .http
+        .post(s.url("/api/tickets"))
+        .basic_auth(
+            gorgias_sim::DEFAULT_USERNAME,
+            Some(gorgias_sim::DEFAULT_API_KEY),
+        )
+        .timeout(Duration::from_millis(100))
+        .json(&ticket)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "answered before the commit");
+    assert_eq!(s.sim.stats().tickets_created, 0, "not stored yet");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(s.sim.stats().tickets_created, 1, "stored all the same");
+    let (_, listed) = s.get("/api/tickets?external_id=late-1").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn ticket_list_lag_and_late_commit_come_from_the_flags() {
+    let config = gorgias_sim::cli::Args::from_flags([
+        "gorgias-sim",
+        "--ticket-list-lag-ms",
+        "5000",
+        "--late-commit-ms",
+        "3000",
+    ])
+    .unwrap()
+    .config()
+    .unwrap();
+    assert_eq!(config.ticket_list_lag, Duration::from_secs(5));
+    assert_eq!(config.faults.late_commit_ms, 3000);
+}
