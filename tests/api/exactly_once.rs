@@ -406,11 +406,14 @@ const LAGGING: &[&str] = &[
     "drop",
 ];
 const SETTLE: (&str, &str) = ("GORGIAS_SETTLE_SECS", "7");
+/// The simulator does not rate-limit here, so the service need not pace: every request gets
+/// its calls within its deadline.
+const UNPACED: (&str, &str) = ("GORGIAS_RATE_LIMIT", "off");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_lists_and_lost_answers_make_no_duplicate_for_keyed_requests() {
     let (_sim, sim_url) = start_sim(LAGGING);
-    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE]);
+    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE, UNPACED]);
     let http = reqwest::Client::new();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..30 {
@@ -453,7 +456,7 @@ async fn lagging_lists_and_lost_answers_make_no_duplicate_for_keyed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_lists_and_lost_answers_make_no_duplicate_for_unkeyed_requests() {
     let (_sim, sim_url) = start_sim(LAGGING);
-    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE]);
+    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone"), SETTLE, UNPACED]);
     let http = reqwest::Client::new();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..30 {
