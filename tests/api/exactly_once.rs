@@ -585,3 +585,87 @@ async fn two_replicas_on_one_postgresql_share_keys_without_redis() {
     assert_eq!(other.status(), 422, "the key with another body");
     assert_eq!(sim_stats(&http, &sim_url).await.tickets_created, 1);
 }
+
+/// Gorgias answers 429 with `retry_after` to ticket creates; then it recovers. The service
+/// must answer without a panic, and a ticket must go through within about one window.
+async fn a_hostile_retry_after_pauses_at_most_one_window(retry_after: &str) {
+    let (_sim, sim_url) = start_sim(&[
+        "--rate-limit",
+        "off",
+        "--error-rate",
+        "1.0",
+        "--error-status",
+        "429",
+        "--error-route",
+        "POST /api/tickets",
+        "--error-retry-after",
+        retry_after,
+    ]);
+    // The service's own pacing is on (40/20 s by default): a 429 pauses it.
+    let (_proxy, url) = start_proxy(&sim_url, &[("TICKET_CHANNEL", "phone")]);
+    let http = reqwest::Client::new();
+    let body = ticket_for("+1 555 0101010", None);
+    let refused = http
+        .post(format!("{url}/ticket"))
+        .timeout(Duration::from_secs(40))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503, "{retry_after}: no panic, no 500");
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait <= 21, "{retry_after}: Retry-After {wait} s");
+
+    // Gorgias recovers: a ticket goes through within about one window.
+    let cleared = http
+        .post(format!("{sim_url}/_sim/faults"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(cleared.status().is_success());
+    let recovered = Instant::now();
+    loop {
+        let resp = http
+            .post(format!("{url}/ticket"))
+            .timeout(Duration::from_secs(40))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 201 {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(35),
+            "{retry_after}: still {} after {:?}",
+            resp.status(),
+            recovered.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_of_u64_max_pauses_at_most_one_window() {
+    a_hostile_retry_after_pauses_at_most_one_window("18446744073709551615").await;
+}
+
+#[tokio::test]
+async fn a_retry_after_of_a_year_pauses_at_most_one_window() {
+    a_hostile_retry_after_pauses_at_most_one_window("31536000").await;
+}
+
+#[tokio::test]
+async fn a_retry_after_dated_in_9999_pauses_at_most_one_window() {
+    a_hostile_retry_after_pauses_at_most_one_window("Fri, 31 Dec 9999 23:59:59 GMT").await;
+}
+
+#[tokio::test]
+async fn a_decimal_retry_after_is_honoured() {
+    a_hostile_retry_after_pauses_at_most_one_window("0.5").await;
+}

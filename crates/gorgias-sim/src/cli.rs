@@ -41,6 +41,9 @@ pub struct Args {
     /// Status of injected errors.
     #[arg(long, default_value_t = 503)]
     pub error_status: u16,
+    /// A `Retry-After` header value injected errors carry, verbatim.
+    #[arg(long)]
+    pub error_retry_after: Option<String>,
     /// Only these routes get injected errors, e.g. `GET /api/tickets` (repeatable; default:
     /// every route).
     #[arg(long)]
@@ -99,6 +102,7 @@ impl Args {
                 latency_jitter_ms: a.latency_jitter_ms,
                 error_rate: a.error_rate,
                 error_status: Some(a.error_status),
+                error_retry_after: a.error_retry_after,
                 error_routes: a.error_route,
                 commit_latency_ms: a.commit_latency_ms,
                 late_commit_ms: a.late_commit_ms,

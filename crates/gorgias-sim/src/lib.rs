@@ -104,6 +104,9 @@ pub struct Faults {
     pub error_rate: f64,
     /// Status of those answers (default 503).
     pub error_status: Option<u16>,
+    /// A `Retry-After` header those answers carry, verbatim (a 429 with
+    /// `18446744073709551615`, say).
+    pub error_retry_after: Option<String>,
     /// Only these routes get those answers (`METHOD /route-template`, as counted in
     /// [`Stats::requests`], e.g. `GET /api/tickets`); empty: every route.
     pub error_routes: Vec<String>,

@@ -109,7 +109,16 @@ async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
             .error_status
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        gorgias_error(status, "Injected fault.", None)
+        let mut injected = gorgias_error(status, "Injected fault.", None);
+        // Any value at all, as a hostile or broken upstream might send it.
+        if let Some(v) = faults
+            .error_retry_after
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            injected.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        injected
     } else {
         next.run(req).await
     };

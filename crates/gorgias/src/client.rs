@@ -272,6 +272,15 @@ const MIN_WRITE_BUDGET: Duration = Duration::from_millis(1500);
 const SEARCH_SIZE: u32 = 50;
 
 impl GorgiasClient {
+    /// The longest wait an upstream hint may impose: one window of the account's rate limit
+    /// (its configured pacing), or [`DEFAULT_HINT_CAP`] with pacing off.
+    fn hint_cap(&self) -> Duration {
+        self.pacer
+            .budget()
+            .map_or(DEFAULT_HINT_CAP, |b| b.window)
+            .max(Duration::from_secs(1))
+    }
+
     /// Builds the client and its connection pool.
     ///
     /// # Errors
@@ -683,7 +692,7 @@ impl GorgiasClient {
             self.last_success.store(since.max(1), Ordering::Relaxed);
             return Ok(bytes);
         }
-        let err = classify(endpoint, status, &headers, &bytes);
+        let err = classify(endpoint, status, &headers, &bytes, self.hint_cap());
         if let GorgiasError::RateLimited { retry_after, .. } = &err {
             // Every call of this process (and, shared, of every replica) waits it out: the
             // next ones would only be refused too.
@@ -768,11 +777,15 @@ fn classify(
     status: StatusCode,
     headers: &Headers,
     body: &[u8],
+    hint_cap: Duration,
 ) -> GorgiasError {
     if status == StatusCode::TOO_MANY_REQUESTS {
         return GorgiasError::RateLimited {
             endpoint,
-            retry_after: headers.retry_after.as_deref().and_then(parse_retry_after),
+            retry_after: headers
+                .retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, hint_cap)),
         };
     }
     if status.is_server_error() {
@@ -800,23 +813,30 @@ fn classify(
     }
 }
 
-/// `Retry-After` is seconds in every recorded answer; an HTTP date is accepted too.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+/// The longest wait an upstream hint may ask for when the account's window is not known:
+/// Gorgias's leaky bucket for an API key is 40 calls per 20 s.
+pub const DEFAULT_HINT_CAP: Duration = Duration::from_secs(20);
+
+/// `Retry-After` is seconds in every recorded answer; decimals and an HTTP date are accepted
+/// too. The one place an upstream wait enters the client: whatever the header says
+/// (`18446744073709551615`, a year, a date in 9999), the wait is at most `cap` (one rate-limit
+/// window), so no later arithmetic on it can overflow and no answer can stall every call for
+/// longer than a window. Negative, non-finite and unreadable values are no hint at all.
+pub fn parse_retry_after(value: &str, cap: Duration) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Some(Duration::from_secs_f64(secs.min(86_400.0)));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
+    let asked = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs.min(cap.as_secs().saturating_add(1)))
+    } else if let Ok(secs) = value.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        Duration::from_secs_f64(secs.min(cap.as_secs_f64()))
+    } else {
+        let when = httpdate::parse_http_date(value).ok()?;
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(asked.min(cap))
 }
 
 #[cfg(test)]
@@ -865,15 +885,45 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(parse_retry_after("5"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
+        let cap = DEFAULT_HINT_CAP;
+        assert_eq!(parse_retry_after("5", cap), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after(" 0 ", cap), Some(Duration::ZERO));
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            parse_retry_after("1.5", cap),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", cap),
             Some(Duration::ZERO)
         );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("-3"), None);
+        assert_eq!(parse_retry_after("soon", cap), None);
+        assert_eq!(parse_retry_after("-3", cap), None);
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_clamped_to_one_window() {
+        let cap = Duration::from_secs(20);
+        for hostile in [
+            "18446744073709551615",
+            "31536000",
+            "1e308",
+            "99999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(hostile, cap), Some(cap), "{hostile}");
+        }
+        for none in ["NaN", "inf", "-inf", "-1", "-0.5", "", "1.5s"] {
+            assert_eq!(parse_retry_after(none, cap), None, "{none}");
+        }
+        assert_eq!(
+            parse_retry_after("0.25", cap),
+            Some(Duration::from_millis(250))
+        );
+        // The account's own window, when it says another.
+        assert_eq!(
+            parse_retry_after("31536000", Duration::from_secs(60)),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

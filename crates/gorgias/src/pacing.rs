@@ -407,9 +407,12 @@ impl Pacer {
     /// backend, every process) takes no call until it has passed.
     pub async fn pause(&self, retry_after: Duration) {
         let Some(inner) = &self.inner else { return };
+        // At most one window, whoever asks: a pause is a hint from upstream.
+        let retry_after = retry_after.min(inner.window);
         {
             let mut s = inner.lock();
-            let until = Instant::now() + retry_after;
+            let now = Instant::now();
+            let until = now.checked_add(retry_after).unwrap_or(now);
             s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
         }
         if let Some(shared) = &inner.shared
@@ -433,7 +436,14 @@ impl Pacer {
             return;
         };
         let comfortable = (f64::from(limit) * HEADROOM) as u32;
-        let Some(excess) = used.checked_sub(comfortable).filter(|e| *e > 0) else {
+        // At most one window's worth of calls, whatever the header claims: `4000000000/40`
+        // must not stall us for years (nor overflow the arithmetic below).
+        let Some(excess) = used
+            .min(limit)
+            .checked_sub(comfortable)
+            .filter(|e| *e > 0)
+            .map(|e| e.min(inner.allowed))
+        else {
             return;
         };
         if let Some(shared) = &inner.shared
@@ -452,7 +462,9 @@ impl Pacer {
         };
         if excess > charged {
             let period = inner.local_period(&s);
-            s.tat = s.tat.max(now) + period * (excess - charged);
+            let charge = period.saturating_mul(excess - charged);
+            let from = s.tat.max(now);
+            s.tat = from.checked_add(charge).unwrap_or(from);
             s.feedback = s.feedback.map(|(started, _)| (started, excess));
         }
     }
@@ -713,7 +725,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_429_pauses_every_caller_until_retry_after() {
-        let p = pacer(100, 1000);
+        // 100 per 10 s: a 5 s pause is within one window (longer ones are clamped to it).
+        let p = pacer(100, 10_000);
         let deadline = Instant::now() + Duration::from_secs(60);
         p.pause(Duration::from_secs(5)).await;
         let start = Instant::now();
@@ -731,6 +744,31 @@ mod tests {
         let at = Instant::now();
         assert!(p.until_ready("t", Priority::New, short).await.is_err());
         assert!(at.elapsed() < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_pauses_and_usage_last_at_most_one_window_and_never_panic() {
+        // 100 per 1 s.
+        let p = pacer(100, 1000);
+        p.pause(Duration::from_secs(u64::MAX)).await;
+        p.pause(Duration::MAX).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let start = Instant::now();
+        p.until_ready("t", Priority::Reconcile, deadline)
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() <= Duration::from_secs(1),
+            "paused for {:?}, more than one window",
+            start.elapsed()
+        );
+        // A usage header far past any limit charges one window's worth at most.
+        p.observe_usage("4294967295/100").await;
+        p.observe_usage("4294967295/4294967295").await;
+        let inner = p.inner.as_ref().unwrap();
+        let charged = inner.lock().tat.saturating_duration_since(Instant::now());
+        // One window's worth of calls (90 periods of 1/90 s), plus the call made above.
+        assert!(charged <= Duration::from_millis(1_100), "{charged:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,7 +20,9 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use url::Url;
 
-use crate::client::{Auth, ClientSettings, endpoint_url, parse_retry_after, transport};
+use crate::client::{
+    Auth, ClientSettings, DEFAULT_HINT_CAP, endpoint_url, parse_retry_after, transport,
+};
 use crate::error::{BuildError, GorgiasError};
 use crate::models::{ErrorBody, SearchItem, SearchQuery};
 
@@ -290,7 +292,7 @@ impl Probe {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, DEFAULT_HINT_CAP));
         let bytes = resp.bytes().await.map_err(|e| transport(endpoint, e))?;
         if status.is_success() {
             return Ok(bytes);
