@@ -296,6 +296,12 @@ impl ApiError {
                      Retry-After with the same Idempotency-Key and it will be looked up first"
                         .into()
                 }
+                Unknown::Unreadable(_) => {
+                    "Gorgias accepted the ticket create but answered something that is not a \
+                     ticket; it exists. Look it up by external_id, or retry with the same \
+                     Idempotency-Key"
+                        .into()
+                }
                 Unknown::ClaimLost => {
                     "this request lost its claim on the Idempotency-Key before creating the \
                      ticket (another attempt holds it); retry with the same key"

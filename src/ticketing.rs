@@ -127,6 +127,9 @@ pub enum Unknown {
     /// it), so no create may be sent.
     #[error("the claim on this ticket was lost before its create")]
     ClaimLost,
+    /// The create was answered 2xx with a ticket we cannot read.
+    #[error(transparent)]
+    Unreadable(MappingError),
 }
 
 /// Asked right before each ticket create is sent: whether the work still holds what entitles
@@ -251,7 +254,9 @@ impl Ticketing {
             }
         }
         let created = self.create_once(&body, attempt).await?;
-        Ok(Ticket::try_from(created)?)
+        // Created, but not readable as a ticket: it exists, so this is no refusal to report.
+        Ticket::try_from(created)
+            .map_err(|e| self.unknown(attempt, Duration::ZERO, Unknown::Unreadable(e)))
     }
 
     fn unknown(

@@ -669,3 +669,51 @@ async fn a_retry_after_dated_in_9999_pauses_at_most_one_window() {
 async fn a_decimal_retry_after_is_honoured() {
     a_hostile_retry_after_pauses_at_most_one_window("0.5").await;
 }
+
+#[tokio::test]
+async fn a_2xx_create_whose_body_cannot_be_read_is_an_unknown_outcome_naming_the_external_id() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let gorgias = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/customers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"data": [{"id": 488071553, "email": "garbled@example.com"}]}),
+        ))
+        .mount(&gorgias)
+        .await;
+    // The ticket is created, and its answer is cut to garbage.
+    Mock::given(method("POST"))
+        .and(path("/api/tickets"))
+        .respond_with(ResponseTemplate::new(201).set_body_string("{\"id\": 1739"))
+        .expect(1)
+        .mount(&gorgias)
+        .await;
+    // Nobody can tell yet: every lookup fails.
+    Mock::given(method("GET"))
+        .and(path("/api/tickets"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&gorgias)
+        .await;
+    let mut config = crate::helpers::test_config(gorgias.uri().parse().unwrap());
+    config.ticketing.channel_override = Some("phone".into());
+    let (address, _stop) = crate::helpers::serve(config).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{address}/ticket"))
+        .header("idempotency-key", unique("garbled"))
+        .json(&ticket_for("+1 555 0303031", Some("garbled@example.com")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "not a 502: the ticket exists");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "ticket_outcome_unknown", "{problem}");
+    assert!(
+        problem["external_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("idem-")),
+        "{problem}"
+    );
+    // `expect(1)` on the POST is checked when the mock server drops: never created twice.
+}

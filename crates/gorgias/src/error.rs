@@ -85,10 +85,13 @@ impl GorgiasError {
     /// True when a failed write may nonetheless have taken effect on Gorgias's side, so it must
     /// be reconciled (looked up) before it is sent again.
     pub fn is_ambiguous(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout { .. } | Self::ConnectionLost { .. } | Self::ServerError { .. }
-        )
+        match self {
+            Self::Timeout { .. } | Self::ConnectionLost { .. } | Self::ServerError { .. } => true,
+            // A write answered 2xx with a body we cannot read: it happened, we just cannot
+            // tell what it made (a ticket without its id).
+            Self::Decode { endpoint, .. } => endpoint.starts_with("POST "),
+            _ => false,
+        }
     }
 
     /// True when the same call may succeed if sent again later (given it is safe to resend).
