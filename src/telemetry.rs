@@ -26,10 +26,29 @@ impl LogFormat {
     }
 }
 
+/// Database drivers whose debug lines carry statement parameters (customer data): at
+/// `debug`, tokio-postgres logs each statement with its parameters. They are capped at `info`
+/// whatever `RUST_LOG` asks.
+const DRIVER_CAPS: &[&str] = &["tokio_postgres=info", "postgres=info", "rusqlite=info"];
+
+/// `RUST_LOG` (else `default_filter`), with the database drivers capped (see
+/// [`DRIVER_CAPS`]).
+pub fn filter(rust_log: Option<&str>, default_filter: &str) -> EnvFilter {
+    let mut filter = rust_log
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    for cap in DRIVER_CAPS {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 /// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = filter(rust_log.as_deref(), default_filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder
@@ -70,6 +89,51 @@ pub fn mask_email(email: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a subscriber with [`filter`] lets through, for one debug line of a database driver
+    /// carrying a parameter and one of ours.
+    fn written_under(rust_log: &str) -> String {
+        use std::sync::{Arc, Mutex};
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter(Some(rust_log), "info"))
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "tokio_postgres::query", "executing with parameters: [\"+15550001111\"]");
+            tracing::trace!(target: "tokio_postgres", "row: +15550002222");
+            tracing::debug!(target: "gorgias_proxy::delivery", "ours at debug");
+        });
+        let bytes = buf.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn database_drivers_never_log_parameters_whatever_rust_log_says() {
+        for rust_log in [
+            "debug",
+            "trace",
+            "tokio_postgres=trace,debug",
+            "info,tokio_postgres=debug",
+        ] {
+            let written = written_under(rust_log);
+            assert!(!written.contains("+1555000"), "{rust_log}: {written}");
+        }
+        assert!(written_under("debug").contains("ours at debug"));
+    }
 
     #[test]
     fn masks_keep_only_a_hint() {

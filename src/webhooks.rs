@@ -63,6 +63,9 @@ impl Webhooks {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would turn the POST into a GET to wherever it points: a 3xx is a
+            // failed attempt, retried like any other.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("the webhook client cannot be built: {e}"))?;
         Ok(Self {
@@ -103,5 +106,50 @@ impl Webhooks {
         } else {
             Err(WebhookError::Status(resp.status().as_u16()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let followed = Arc::new(AtomicUsize::new(0));
+        let hits = followed.clone();
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [(axum::http::header::LOCATION, "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::any(move || {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    async { axum::http::StatusCode::NO_CONTENT }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hooks = Webhooks::new(
+            format!("http://{addr}/hook").parse().unwrap(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .unwrap();
+        let sent = hooks.send("msg_1", b"{}".to_vec()).await;
+        assert!(matches!(sent, Err(WebhookError::Status(307))), "{sent:?}");
+        assert_eq!(
+            followed.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 }
