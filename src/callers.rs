@@ -8,34 +8,103 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The accepted tokens, kept only as SHA-256 digests: comparing fixed-length digests in
-/// constant time leaks neither a token's bytes nor its length.
+/// constant time leaks neither a token's bytes nor its length. Each digest carries the caller
+/// it identifies.
 #[derive(Clone, Default)]
 pub struct InboundAuth {
-    digests: Arc<Vec<[u8; 32]>>,
+    tokens: Arc<Vec<([u8; 32], Caller)>>,
 }
 
 impl std::fmt::Debug for InboundAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "InboundAuth({} tokens)", self.digests.len())
+        write!(f, "InboundAuth({} tokens)", self.tokens.len())
+    }
+}
+
+/// Why a configured token entry cannot be used (never quoting the token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// `name:` with nothing after it.
+    #[error("the entry named {0:?} has no token after the ':'")]
+    EmptyToken(String),
+    /// A name outside `[A-Za-z0-9._-]{1,64}`.
+    #[error(
+        "an entry's name (before the first ':') must be 1 to 64 letters, digits, '.', '_' or \
+         '-'"
+    )]
+    BadName,
+}
+
+/// The most characters in a caller's name.
+const NAME_MAX: usize = 64;
+
+fn is_name(name: &str) -> bool {
+    (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// One configured entry: `name:token` (a named caller: rotating its token keeps its keys and
+/// deliveries), or a plain `token` (the caller is derived from the token, as before names
+/// existed). An entry with a ':' is always `name:token`.
+///
+/// # Errors
+/// A [`TokenError`] when a named entry is malformed.
+pub fn parse_entry(entry: &str) -> Result<(String, Caller), TokenError> {
+    match entry.split_once(':') {
+        None => Ok((
+            entry.to_owned(),
+            Caller::of_digest(&digest(entry.as_bytes())),
+        )),
+        Some((name, token)) => {
+            let name = name.trim();
+            let token = token.trim();
+            if !is_name(name) {
+                return Err(TokenError::BadName);
+            }
+            if token.is_empty() {
+                return Err(TokenError::EmptyToken(name.to_owned()));
+            }
+            Ok((token.to_owned(), Caller::named(name)))
+        }
     }
 }
 
 impl InboundAuth {
-    /// Accepts any of `tokens`; with none, every caller is let in.
-    pub fn new(tokens: &[SecretString]) -> Self {
+    /// Accepts any of `entries` (see [`parse_entry`]); with none, every caller is let in.
+    ///
+    /// # Errors
+    /// The first malformed entry's [`TokenError`].
+    pub fn parse(entries: &[SecretString]) -> Result<Self, TokenError> {
+        let tokens = entries
+            .iter()
+            .map(|e| {
+                parse_entry(e.expose_secret())
+                    .map(|(token, caller)| (digest(token.as_bytes()), caller))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            tokens: Arc::new(tokens),
+        })
+    }
+
+    /// Like [`Self::parse`], skipping malformed entries (the configuration refuses them at
+    /// start-up, so none reach here).
+    pub fn new(entries: &[SecretString]) -> Self {
+        let tokens = entries
+            .iter()
+            .filter_map(|e| parse_entry(e.expose_secret()).ok())
+            .map(|(token, caller)| (digest(token.as_bytes()), caller))
+            .collect();
         Self {
-            digests: Arc::new(
-                tokens
-                    .iter()
-                    .map(|t| digest(t.expose_secret().as_bytes()))
-                    .collect(),
-            ),
+            tokens: Arc::new(tokens),
         }
     }
 
     /// True when no token is configured (auth off).
     pub fn is_open(&self) -> bool {
-        self.digests.is_empty()
+        self.tokens.is_empty()
     }
 
     /// True when `presented` is one of the tokens.
@@ -46,18 +115,29 @@ impl InboundAuth {
     /// The caller `presented` identifies, when it is one of the tokens. Every configured token
     /// is compared, so the time taken does not say which one matched.
     pub fn identify(&self, presented: &str) -> Option<Caller> {
+        use subtle::ConditionallySelectable;
         let d = digest(presented.as_bytes());
         let mut ok = subtle::Choice::from(0);
-        for known in self.digests.iter() {
-            ok |= known.ct_eq(&d);
+        let mut index = 0u32;
+        for (i, (known, _)) in self.tokens.iter().enumerate() {
+            let hit = known.ct_eq(&d);
+            index = u32::conditional_select(&index, &u32::try_from(i).unwrap_or(u32::MAX), hit);
+            ok |= hit;
         }
-        bool::from(ok).then(|| Caller::of_digest(&d))
+        bool::from(ok)
+            .then(|| {
+                self.tokens
+                    .get(usize::try_from(index).ok()?)
+                    .map(|(_, c)| c.clone())
+            })
+            .flatten()
     }
 }
 
-/// Who called, as far as idempotency is concerned: derived from the bearer token's digest
-/// (never the token), so two services using the same `Idempotency-Key` never share a record,
-/// and a token rotation starts a fresh key space.
+/// Who called, as far as idempotency and deliveries are concerned: the name given to its
+/// token (`n-{name}`), or, for a plain token, an id derived from the token's digest (`t-…`,
+/// never the token). Two callers using the same `Idempotency-Key` never share a record; a
+/// named caller keeps its keys and deliveries across a token rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(String);
 
@@ -65,6 +145,10 @@ impl Caller {
     /// Callers when inbound auth is off: all one.
     pub fn anonymous() -> Self {
         Self("anonymous".into())
+    }
+
+    fn named(name: &str) -> Self {
+        Self(format!("n-{name}"))
     }
 
     fn of_digest(token_digest: &[u8; 32]) -> Self {
@@ -101,6 +185,45 @@ mod tests {
         assert!(!auth.accepts(""));
         assert!(!auth.is_open());
         assert!(InboundAuth::new(&[]).is_open());
+    }
+
+    #[test]
+    fn named_tokens_are_one_caller_across_a_rotation() {
+        let auth = InboundAuth::parse(&[
+            SecretString::from("billing:old-secret"),
+            SecretString::from("billing:new-secret"),
+            SecretString::from("support:other"),
+            SecretString::from("plain-token"),
+        ])
+        .unwrap();
+        let old = auth.identify("old-secret").unwrap();
+        let new = auth.identify("new-secret").unwrap();
+        assert_eq!(old, new, "one name, one caller");
+        assert_eq!(old.as_str(), "n-billing");
+        assert_ne!(auth.identify("other").unwrap(), old);
+        // The whole entry is not a token; only what follows the name is.
+        assert!(auth.identify("billing:old-secret").is_none());
+        // A plain token keeps the identity it had before names existed.
+        let plain = auth.identify("plain-token").unwrap();
+        assert_eq!(
+            plain,
+            InboundAuth::new(&[SecretString::from("plain-token")])
+                .identify("plain-token")
+                .unwrap()
+        );
+        assert!(plain.as_str().starts_with("t-"));
+    }
+
+    #[test]
+    fn malformed_named_entries_are_refused_without_quoting_the_token() {
+        for name in ["bad name".to_owned(), String::new(), "x".repeat(65)] {
+            let entry = SecretString::from(format!("{name}:secret-tok"));
+            let err = InboundAuth::parse(&[entry]).unwrap_err();
+            assert_eq!(err, TokenError::BadName);
+            assert!(!err.to_string().contains("secret-tok"), "{err}");
+        }
+        let err = InboundAuth::parse(&[SecretString::from("billing:")]).unwrap_err();
+        assert_eq!(err, TokenError::EmptyToken("billing".into()));
     }
 
     #[test]

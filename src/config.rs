@@ -422,6 +422,10 @@ impl Cli {
             );
         }
         config.api_tokens = tokens.into_iter().map(SecretString::from).collect();
+        // Named entries (`name:token`) are checked now, so a typo stops the start-up rather
+        // than silently refusing that caller.
+        crate::callers::InboundAuth::parse(&config.api_tokens)
+            .map_err(|e| invalid("API_TOKENS", &e.to_string()))?;
         config.allow_unauthenticated = self.allow_unauthenticated || self.sandbox;
         if config.api_tokens.is_empty() && !config.allow_unauthenticated {
             return Err(invalid(

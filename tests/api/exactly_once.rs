@@ -717,3 +717,56 @@ async fn a_2xx_create_whose_body_cannot_be_read_is_an_unknown_outcome_naming_the
     );
     // `expect(1)` on the POST is checked when the mock server drops: never created twice.
 }
+
+#[tokio::test]
+async fn a_named_caller_keeps_its_keys_and_deliveries_across_a_token_rotation() {
+    use crate::helpers::{sim_config, spawn_app_with};
+    // During the rotation both tokens are configured under one name.
+    let app = spawn_app_with(sim_config(), |c| {
+        c.api_tokens = vec!["billing:tok-old".into(), "billing:tok-new".into()];
+        c.allow_unauthenticated = false;
+    })
+    .await;
+    let key = unique("rotation");
+    let body = ticket_for("+1 555 0404041", None);
+    let post = |token: &'static str| {
+        app.http
+            .post(format!("{}/ticket", app.address))
+            .bearer_auth(token)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+    };
+    let first = post("tok-old").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let retried = post("tok-new").await.unwrap();
+    assert_eq!(retried.status(), 201);
+    assert_eq!(retried.headers()["idempotency-replayed"], "true");
+    assert_eq!(retried.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(app.stats().tickets_created, 1, "no second ticket");
+
+    // A delivery accepted with the old token is the caller's, read with the new one.
+    let accepted = app
+        .http
+        .post(format!("{}/ticket", app.address))
+        .bearer_auth("tok-old")
+        .header("prefer", "respond-async")
+        .json(&ticket_for("+1 555 0404042", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let status_url = accepted.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = app
+        .http
+        .get(format!("{}{status_url}", app.address))
+        .bearer_auth("tok-new")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+}
