@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -99,6 +98,28 @@ pub struct Problem {
     /// retrying the request does that for you.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+}
+
+/// The most bytes a problem answer takes (field errors of at most 2 × 512 bytes, a detail of
+/// at most 4,096, and the fixed members; the answer drops field errors past it).
+pub const PROBLEM_MAX_BYTES: usize = 64 * 1024;
+/// The most bytes of a problem's `detail`.
+const DETAIL_MAX_CHARS: usize = 4096;
+/// The most bytes of one field error's `field` or `message`.
+const FIELD_MAX_CHARS: usize = 512;
+
+/// `text` cut to at most `max` bytes, on a character boundary (with an ellipsis when cut).
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut at = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push('…');
+    text
 }
 
 /// The `Content-Type` of every error answer.
@@ -316,18 +337,28 @@ impl ApiError {
         }
     }
 
-    /// The problem document this error is answered with.
+    /// The problem document this error is answered with: at most [`PROBLEM_MAX_BYTES`],
+    /// whichever rule fired and whatever Gorgias said (its messages are quoted in `detail`).
     pub fn problem(&self) -> Problem {
         let (status, code, title) = self.parts();
         Problem {
             kind: format!("urn:gorgias-proxy:problem:{code}"),
             title,
             status: status.as_u16(),
-            detail: self.detail(),
+            detail: bounded(self.detail(), DETAIL_MAX_CHARS),
             code,
             request_id: crate::request_id::current_request_id(),
             errors: match self {
-                Self::Invalid(e) => e.errors.clone(),
+                Self::Invalid(e) => e
+                    .errors
+                    .iter()
+                    .take(crate::domain::request::PROBLEMS_SHOWN + 1)
+                    .map(|e| FieldError {
+                        field: bounded(e.field.clone(), FIELD_MAX_CHARS),
+                        message: bounded(e.message.clone(), FIELD_MAX_CHARS),
+                        problem: e.problem,
+                    })
+                    .collect(),
                 _ => Vec::new(),
             },
             external_id: match self {
@@ -404,8 +435,16 @@ impl IntoResponse for ApiError {
             tracing::info!(code, status = status.as_u16(), "request refused");
         }
         let retry_after = self.retry_after();
-        let problem = self.problem();
-        let mut resp = (status, Json(problem)).into_response();
+        let mut problem = self.problem();
+        // The bounds on each member keep an answer near its size; escaping (a control
+        // character is six bytes in JSON) can still inflate it, so the last word is here.
+        let mut body = serde_json::to_vec(&problem).unwrap_or_default();
+        while body.len() > PROBLEM_MAX_BYTES && !problem.errors.is_empty() {
+            let keep = problem.errors.len() / 2;
+            problem.errors.truncate(keep);
+            body = serde_json::to_vec(&problem).unwrap_or_default();
+        }
+        let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(wait) = retry_after {

@@ -242,27 +242,34 @@ pub fn component_schemas() -> serde_json::Map<String, Value> {
     out
 }
 
-/// The compiled validator and what is needed to word its findings.
+/// The compiled validators and what is needed to word their findings.
 struct Contract {
     validator: jsonschema::Validator,
+    /// One attachment alone, for the tails of attachment lists (see [`Found::attachments_past`]).
+    attachment: jsonschema::Validator,
     shapes: Shapes,
 }
 
-static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
+/// The validator of the component `name`, with every component reachable.
+fn compile(name: &str) -> Result<jsonschema::Validator, String> {
     let schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$ref": "#/components/schemas/TicketRequest",
+        "$ref": format!("#/components/schemas/{name}"),
         "components": {"schemas": component_schemas()},
     });
     // The `regex` engine, not the default `fancy-regex`: our patterns need no look-around or
     // back-references, and `regex` matches in linear time, so no caller's string can make a
     // pattern backtrack for long. (No speed difference could be measured on the example.)
-    let validator = jsonschema::draft202012::options()
+    jsonschema::draft202012::options()
         .with_pattern_options(jsonschema::PatternOptions::regex())
         .build(&schema)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+static CONTRACT: LazyLock<Result<Contract, String>> = LazyLock::new(|| {
     Ok(Contract {
-        validator,
+        validator: compile("TicketRequest")?,
+        attachment: compile("AttachmentIn")?,
         shapes: Shapes::derive(),
     })
 });
@@ -304,33 +311,33 @@ impl NewTicket {
                 return Err(errs);
             }
         };
-        let mut found: Vec<(Vec<usize>, super::FieldError)> = Vec::new();
-        let mut more = 0usize;
+        let mut found = Found::default();
         // The fast path answers yes or no; errors are only collected for a body that fails.
-        let schema_errors = if contract.validator.is_valid(body) {
-            None
-        } else {
-            Some(contract.validator.iter_errors(body))
-        };
-        for e in schema_errors.into_iter().flatten() {
-            for problem in contract
-                .shapes
-                .word(e.instance_path().as_str(), e.kind(), body)
-            {
-                if found.len() < PROBLEMS_SHOWN {
-                    found.push(problem);
-                } else {
-                    more += 1;
-                }
+        if !contract.validator.is_valid(body) {
+            // The validator collects every item's errors of an array before yielding the
+            // first, so a body of 700,000 bad attachments cost seconds to refuse. Its errors
+            // are collected on the body's first items (the first listed are there anyway),
+            // and on the whole body only when those hold none.
+            let (pruned, cut) = prune(body);
+            found.schema(contract, &pruned, body);
+            if cut && found.is_empty() {
+                // The first items hold nothing wrong: the problem is in the tail of an
+                // attachment list (the only list with no length bound), checked item by item.
+                found.attachments_past(contract, &pruned, body);
             }
-            // Counting past a bound costs time for nothing a caller can use.
-            if more > 10 * PROBLEMS_SHOWN {
-                break;
+            if cut && found.is_empty() {
+                found.schema(contract, body, body);
             }
         }
-        found.extend(distinct_message_ids(body, &contract.shapes));
-        found.extend(distinct_custom_fields(body, &contract.shapes));
-        found.extend(meta_within_bound(body, &contract.shapes));
+        distinct_message_ids(body, &contract.shapes, &mut found);
+        distinct_custom_fields(body, &contract.shapes, &mut found);
+        if let Some(problem) = meta_within_bound(body, &contract.shapes) {
+            found.push(problem);
+        }
+        let Found {
+            list: mut found,
+            more,
+        } = found;
         // The region rule runs on a number the schema accepted, so one field gets one problem.
         let mut e164 = None;
         if let Some(region) = rules.phone_region
@@ -392,30 +399,145 @@ fn phone_in_region(raw: &str, region: phonenumber::country::Id) -> Option<String
         .then(|| n.format().mode(phonenumber::Mode::E164).to_string())
 }
 
+/// The problems found so far: the first [`PROBLEMS_SHOWN`], and how many more (counted up to
+/// a bound: counting further costs time for nothing a caller can use).
+#[derive(Default)]
+struct Found {
+    list: Vec<(Vec<usize>, super::FieldError)>,
+    more: usize,
+}
+
+impl Found {
+    fn push(&mut self, problem: (Vec<usize>, super::FieldError)) {
+        if self.list.len() < PROBLEMS_SHOWN {
+            self.list.push(problem);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Enough found: the list is full and the count past it is as far as it goes.
+    fn full(&self) -> bool {
+        self.more > 10 * PROBLEMS_SHOWN
+    }
+
+    /// The schema's problems with `instance` (the body, or its first items), worded against
+    /// the whole `body` (the paths are the same: only tails of arrays are left out).
+    fn schema(&mut self, contract: &Contract, instance: &Value, body: &Value) {
+        for e in contract.validator.iter_errors(instance) {
+            for problem in contract
+                .shapes
+                .word(e.instance_path().as_str(), e.kind(), body)
+            {
+                self.push(problem);
+            }
+            if self.full() {
+                break;
+            }
+        }
+    }
+}
+
+impl Found {
+    /// The problems of the attachments `pruned` left out, item by item with the attachment's
+    /// own schema, until the list is full.
+    fn attachments_past(&mut self, contract: &Contract, pruned: &Value, body: &Value) {
+        let Some(Value::Array(messages)) = body.pointer("/ticket/messages") else {
+            return;
+        };
+        for (i, message) in messages.iter().enumerate() {
+            let Some(Value::Array(attachments)) = message.get("attachments") else {
+                continue;
+            };
+            let checked = pruned
+                .pointer(&format!("/ticket/messages/{i}/attachments"))
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            for (j, a) in attachments.iter().enumerate().skip(checked) {
+                for e in contract.attachment.iter_errors(a) {
+                    let pointer = format!(
+                        "/ticket/messages/{i}/attachments/{j}{}",
+                        e.instance_path().as_str()
+                    );
+                    for problem in contract.shapes.word(&pointer, e.kind(), body) {
+                        self.push(problem);
+                    }
+                }
+                if self.full() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Items of the body's arrays validated for their errors, in document order, before the rest
+/// of every array is left out.
+const ITEMS_CHECKED: usize = 2_000;
+/// Each array of `ticket` keeps at least this many items (one more than the largest
+/// `maxItems`), so a length bound is still seen broken.
+const TOP_ITEMS_KEPT: usize = limits::MESSAGES_MAX + 1;
+
+/// The body with every array cut once [`ITEMS_CHECKED`] items have been kept, in document
+/// order (an array keeps its first item at least, and `ticket`'s arrays [`TOP_ITEMS_KEPT`]),
+/// and whether anything was cut. The items kept keep their indices, so an error's path is the
+/// same in both.
+fn prune(body: &Value) -> (Value, bool) {
+    fn walk(v: &Value, depth: usize, budget: &mut usize, cut: &mut bool) -> Value {
+        match v {
+            Value::Array(items) => {
+                let floor = if depth == 2 { TOP_ITEMS_KEPT } else { 1 };
+                let keep = items.len().min((*budget).max(floor));
+                *budget = budget.saturating_sub(keep);
+                *cut |= keep < items.len();
+                Value::Array(
+                    items[..keep]
+                        .iter()
+                        .map(|i| walk(i, depth + 1, budget, cut))
+                        .collect(),
+                )
+            }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), walk(v, depth + 1, budget, cut)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let mut budget = ITEMS_CHECKED;
+    let mut cut = false;
+    let pruned = walk(body, 0, &mut budget, &mut cut);
+    (pruned, cut)
+}
+
 /// A custom field is set once per ticket: two values for one field would leave Gorgias to
 /// pick one.
-fn distinct_custom_fields(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, super::FieldError)> {
+fn distinct_custom_fields(body: &Value, shapes: &Shapes, found: &mut Found) {
     let Some(Value::Array(fields)) = body.pointer("/ticket/custom_fields") else {
-        return Vec::new();
+        return;
     };
-    let mut seen = HashSet::with_capacity(fields.len());
-    fields
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| {
-            let id = match f.get("id")? {
-                Value::Number(n) => as_whole(n)?,
-                _ => return None,
-            };
-            (!seen.insert(id)).then(|| {
-                shapes.problem(
-                    &format!("/ticket/custom_fields/{i}/id"),
-                    super::Problem::Rule,
-                    "must be unique within the ticket; an earlier item sets the same field".into(),
-                )
-            })
-        })
-        .collect()
+    let mut seen = HashSet::with_capacity(fields.len().min(1024));
+    for (i, f) in fields.iter().enumerate() {
+        let Some(Value::Number(n)) = f.get("id") else {
+            continue;
+        };
+        let Some(id) = as_whole(n) else { continue };
+        if !seen.insert(id) {
+            found.push(shapes.problem(
+                &format!("/ticket/custom_fields/{i}/id"),
+                super::Problem::Rule,
+                "must be unique within the ticket; an earlier item sets the same field".into(),
+            ));
+            if found.full() {
+                return;
+            }
+        }
+    }
 }
 
 /// `ticket.meta` is the caller's references, not a payload: at most [`META_MAX_BYTES`].
@@ -433,26 +555,27 @@ fn meta_within_bound(body: &Value, shapes: &Shapes) -> Option<(Vec<usize>, super
 
 /// Message ids must be distinct within a ticket (they become Gorgias's message `external_id`),
 /// a rule JSON Schema cannot state. Checked on the raw JSON so it is reported with the rest.
-fn distinct_message_ids(body: &Value, shapes: &Shapes) -> Vec<(Vec<usize>, super::FieldError)> {
+fn distinct_message_ids(body: &Value, shapes: &Shapes, found: &mut Found) {
     let Some(Value::Array(messages)) = body.pointer("/ticket/messages") else {
-        return Vec::new();
+        return;
     };
-    let mut seen: HashSet<&str> = HashSet::with_capacity(messages.len());
-    let mut out = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(messages.len().min(1024));
     for (i, m) in messages.iter().enumerate() {
         if let Some(Value::String(id)) = m.get("id")
             && !id.is_empty()
             && !seen.insert(id.as_str())
         {
             let pointer = format!("/ticket/messages/{i}/id");
-            out.push(shapes.problem(
+            found.push(shapes.problem(
                 &pointer,
                 super::Problem::Rule,
                 "must be unique within the ticket; an earlier message has the same id".into(),
             ));
+            if found.full() {
+                return;
+            }
         }
     }
-    out
 }
 
 /// Whitespace as the schema's patterns read it (ECMA-262 `\s`: it includes U+FEFF, not U+0085,

@@ -429,3 +429,97 @@ async fn transport_level_mistakes_get_their_own_statuses() {
         .await;
     assert_eq!(at_limit.status(), 400);
 }
+
+/// Bodies near the 2 MiB limit, each breaking one rule as many times as it fits.
+fn floods() -> Vec<(&'static str, Value)> {
+    let base = |messages: Value| json!({"customer": {"phone_number": "+1 555 0100"}, "ticket": {"messages": messages}});
+    let message = |id: String| json!({"id": id, "body_text": "x", "body_html": "x"});
+    let mut unknown = serde_json::Map::new();
+    for i in 0..20_000 {
+        unknown.insert(format!("{}{i}", "k".repeat(90)), json!(1));
+    }
+    vec![
+        (
+            "2 MiB of empty attachments",
+            base(json!([{"id": "m", "body_text": "x", "body_html": "x",
+                         "attachments": vec![json!({}); 600_000]}])),
+        ),
+        (
+            "messages that all share one id",
+            base(Value::Array((0..40_000).map(|_| message("same".into())).collect())),
+        ),
+        (
+            "500 valid attachments, then bad ones",
+            base(json!([{"id": "m", "body_text": "x", "body_html": "x", "attachments":
+                (0..3_000).map(|i| if i < 2_500 {
+                    json!({"url": "https://example.com/a", "name": "a", "size": 1, "content_type": "a/b"})
+                } else {
+                    json!({"url": "ftp://nope", "name": "", "size": -1, "content_type": "?"})
+                }).collect::<Vec<_>>()}])),
+        ),
+        ("long unknown keys", {
+            let mut b = base(json!([message("m".into())]));
+            b["customer"] = Value::Object(unknown);
+            b
+        }),
+        (
+            "blank bodies, bad ids",
+            base(Value::Array(
+                (0..8_000)
+                    .map(|i| json!({"id": format!("{i}{}", "\u{1}".repeat(20)), "body_text": " ", "body_html": ""}))
+                    .collect(),
+            )),
+        ),
+        ("custom fields and tags", {
+            let mut b = base(json!([message("m".into())]));
+            b["ticket"]["custom_fields"] =
+                Value::Array((0..50_000).map(|_| json!({"id": 1, "value": "v"})).collect());
+            b["ticket"]["tags"] = Value::Array((0..20_000).map(|_| json!("")).collect());
+            b
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn a_flood_of_violations_of_every_rule_gets_a_bounded_answer() {
+    let app = spawn_app_with(sim_config(), |c| c.body_limit = 4 * 1024 * 1024).await;
+    crate::helpers::settings_warmed(&app.sim).await;
+    let before = app.stats().requests_total;
+    for (what, body) in floods() {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert!(
+            bytes.len() < 4 * 1024 * 1024,
+            "{what}: {} bytes",
+            bytes.len()
+        );
+        let resp = app
+            .http
+            .post(format!("{}/ticket", app.address))
+            .header("content-type", "application/json")
+            .header("idempotency-key", crate::helpers::unique("flood"))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 400 || status == 422, "{what}: {status}");
+        let text = resp.bytes().await.unwrap();
+        assert!(
+            text.len() <= 64 * 1024,
+            "{what}: a {} byte answer",
+            text.len()
+        );
+        let problem: Value = serde_json::from_slice(&text).unwrap();
+        let errors = problem["errors"].as_array().unwrap();
+        assert!(
+            !errors.is_empty() && errors.len() <= 51,
+            "{what}: {} errors",
+            errors.len()
+        );
+    }
+    assert_eq!(
+        app.stats().requests_total,
+        before,
+        "nothing reached Gorgias"
+    );
+}
