@@ -375,6 +375,14 @@ impl Cli {
             ));
         }
         config.idempotency_ttl = Duration::from_secs(self.idempotency_ttl_secs.max(1));
+        // A key forgotten before its create has settled would let a retry create again.
+        if config.idempotency_ttl <= Duration::from_secs(self.gorgias_settle_secs) {
+            return Err(invalid(
+                "IDEMPOTENCY_TTL_SECS",
+                "must be longer than GORGIAS_SETTLE_SECS: a key must outlive the settle window \
+                 of its create, or a retry after the window could create the ticket again",
+            ));
+        }
         config.redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
         config.metrics_listen = self.metrics_listen;
         if self.max_concurrent_requests == 0 || self.max_connections == 0 {
@@ -682,6 +690,25 @@ mod tests {
         let err = c.into_config().unwrap_err().to_string();
         assert!(
             err.contains("SHUTDOWN_DRAIN_SECS") && err.contains("REQUEST_DEADLINE_MS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_ttl_within_the_settle_window_refuses_to_start_naming_both() {
+        let c = Cli {
+            gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
+            gorgias_username: Some("u@example.com".into()),
+            gorgias_api_key: Some("k".into()),
+            gorgias_access_token: None,
+            allow_unauthenticated: true,
+            idempotency_ttl_secs: 10,
+            gorgias_settle_secs: 15,
+            ..cli(&[])
+        };
+        let err = c.into_config().unwrap_err().to_string();
+        assert!(
+            err.contains("IDEMPOTENCY_TTL_SECS") && err.contains("GORGIAS_SETTLE_SECS"),
             "{err}"
         );
     }
