@@ -675,17 +675,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_drain_shorter_than_the_deadline_refuses_to_start_naming_both() {
-        let c = Cli {
+    /// Settings that start, whatever the environment holds.
+    fn usable_cli() -> Cli {
+        Cli {
             gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
             gorgias_username: Some("u@example.com".into()),
             gorgias_api_key: Some("k".into()),
             gorgias_access_token: None,
             allow_unauthenticated: true,
+            ..cli(&[])
+        }
+    }
+
+    #[test]
+    fn a_drain_shorter_than_the_deadline_refuses_to_start_naming_both() {
+        let c = Cli {
             shutdown_drain_secs: 5,
             request_deadline_ms: 30_000,
-            ..cli(&[])
+            ..usable_cli()
         };
         let err = c.into_config().unwrap_err().to_string();
         assert!(
@@ -697,14 +704,9 @@ mod tests {
     #[test]
     fn a_key_ttl_within_the_settle_window_refuses_to_start_naming_both() {
         let c = Cli {
-            gorgias_base_url: Some(Url::parse("http://127.0.0.1:1/").unwrap()),
-            gorgias_username: Some("u@example.com".into()),
-            gorgias_api_key: Some("k".into()),
-            gorgias_access_token: None,
-            allow_unauthenticated: true,
             idempotency_ttl_secs: 10,
             gorgias_settle_secs: 15,
-            ..cli(&[])
+            ..usable_cli()
         };
         let err = c.into_config().unwrap_err().to_string();
         assert!(

@@ -127,6 +127,9 @@ pub enum StoreError {
     /// PostgreSQL failed.
     #[error("the database failed: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// The transaction a statement was grouped into failed (SQLite's group commit).
+    #[error("the database failed: {0}")]
+    Batch(String),
     /// No PostgreSQL connection could be had.
     #[error("the database cannot be reached: {0}")]
     Pool(String),

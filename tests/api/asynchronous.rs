@@ -25,6 +25,19 @@ pub(crate) fn post_async(
 }
 
 /// Polls the status resource until the delivery is final or `within` passes.
+/// POSTs `body` with `Prefer: respond-async`, expects 202, and returns its status URL.
+pub(crate) async fn accepted(http: &reqwest::Client, address: &str, body: &Value) -> String {
+    let resp = post_async(http, address, body, "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["status_url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub(crate) async fn until_final(
     http: &reqwest::Client,
     address: &str,
@@ -592,17 +605,7 @@ async fn a_crashed_replicas_deliveries_are_taken_over_after_the_lease_each_once(
     let mut urls = Vec::new();
     for i in 0..6 {
         let body = ticket_for(&format!("+1 555 06{i:05}"), None);
-        let resp = post_async(&http, &a_url, &body, "respond-async")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        urls.push(
-            resp.json::<Value>().await.unwrap()["status_url"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        urls.push(accepted(&http, &a_url, &body).await);
     }
     let created = || async { sim_stats(&http, &sim_url).await.tickets_created };
     let start = Instant::now();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::asynchronous::{post_async, until_final};
+use crate::asynchronous::{accepted, post_async, until_final};
 use crate::helpers::{
     Running, closed_port, postgres_outbox_url, redis_url, sim_stats, start_proxy, start_sim,
     temp_data_dir, ticket_for, unique,
@@ -158,20 +158,7 @@ async fn a_stricter_configuration_after_acceptance_still_delivers_what_was_accep
         ],
     );
     let http = reqwest::Client::new();
-    let resp = post_async(
-        &http,
-        &first_url,
-        &ticket_for("0719 908 543", None),
-        "respond-async",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 202);
-    let status_url = resp.json::<Value>().await.unwrap()["status_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let status_url = accepted(&http, &first_url, &ticket_for("0719 908 543", None)).await;
     drop(first);
     drop(held);
 
@@ -333,15 +320,7 @@ async fn a_blackholed_postgresql_answers_503_in_time_and_spares_the_synchronous_
         .build()
         .unwrap();
     let body = ticket_for("+1 555 0808080", None);
-    let accepted = post_async(&http, &url, &body, "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
-    let status_url = accepted.json::<Value>().await.unwrap()["status_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let status_url = accepted(&http, &url, &body).await;
 
     hole.store(true, Ordering::SeqCst);
     let started = Instant::now();
@@ -500,17 +479,7 @@ async fn lagging_lists_and_lost_answers_make_no_duplicate_for_async_deliveries()
     let mut urls = Vec::new();
     for i in 0..20 {
         let body = ticket_for(&format!("+1 555 05{i:05}"), None);
-        let resp = post_async(&http, &url, &body, "respond-async")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        urls.push(
-            resp.json::<Value>().await.unwrap()["status_url"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        urls.push(accepted(&http, &url, &body).await);
     }
     for status_url in &urls {
         let doc = until_final(&http, &url, status_url, Duration::from_secs(120)).await;
@@ -584,6 +553,22 @@ async fn two_replicas_on_one_postgresql_share_keys_without_redis() {
     .unwrap();
     assert_eq!(other.status(), 422, "the key with another body");
     assert_eq!(sim_stats(&http, &sim_url).await.tickets_created, 1);
+
+    // An asynchronous key, accepted on one replica, names the same delivery on the other.
+    let async_key = unique("pg-async-key");
+    let queued = ticket_for("+1 555 0606063", None);
+    let send = |url: &str| {
+        post_async(&http, url, &queued, "respond-async")
+            .header("idempotency-key", &async_key)
+            .send()
+    };
+    let on_a = send(&a).await.unwrap();
+    assert_eq!(on_a.status(), 202);
+    let on_a: Value = on_a.json().await.unwrap();
+    let on_b = send(&b).await.unwrap();
+    assert_eq!(on_b.headers()["idempotency-replayed"], "true");
+    let on_b: Value = on_b.json().await.unwrap();
+    assert_eq!(on_a["id"], on_b["id"]);
 }
 
 /// Gorgias answers 429 with `retry_after` to ticket creates; then it recovers. The service
