@@ -27,6 +27,9 @@ pub enum TokenError {
     /// `name:` with nothing after it.
     #[error("the entry named {0:?} has no token after the ':'")]
     EmptyToken(String),
+    /// The same token is configured for two callers.
+    #[error("the same token is configured under two names (or named and plain)")]
+    TwoNames,
     /// A name outside `[A-Za-z0-9._-]{1,64}`.
     #[error(
         "an entry's name (before the first ':') must be 1 to 64 letters, digits, '.', '_' or \
@@ -84,18 +87,33 @@ impl InboundAuth {
                     .map(|(token, caller)| (digest(token.as_bytes()), caller))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // One token under two names would make its caller depend on the entries' order.
+        for (i, (d, caller)) in tokens.iter().enumerate() {
+            if tokens[..i].iter().any(|(e, c)| e == d && c != caller) {
+                return Err(TokenError::TwoNames);
+            }
+        }
         Ok(Self {
             tokens: Arc::new(tokens),
         })
     }
 
-    /// Like [`Self::parse`], skipping malformed entries (the configuration refuses them at
-    /// start-up, so none reach here).
+    /// Like [`Self::parse`], for entries already checked (the configuration refuses malformed
+    /// ones at start-up). One that is malformed all the same is kept as a plain token: a bad
+    /// entry must never leave the service open to everyone.
     pub fn new(entries: &[SecretString]) -> Self {
         let tokens = entries
             .iter()
-            .filter_map(|e| parse_entry(e.expose_secret()).ok())
-            .map(|(token, caller)| (digest(token.as_bytes()), caller))
+            .map(|e| {
+                let entry = e.expose_secret();
+                let (token, caller) = parse_entry(entry).unwrap_or_else(|_| {
+                    (
+                        entry.to_owned(),
+                        Caller::of_digest(&digest(entry.as_bytes())),
+                    )
+                });
+                (digest(token.as_bytes()), caller)
+            })
             .collect();
         Self {
             tokens: Arc::new(tokens),
@@ -224,6 +242,15 @@ mod tests {
         }
         let err = InboundAuth::parse(&[SecretString::from("billing:")]).unwrap_err();
         assert_eq!(err, TokenError::EmptyToken("billing".into()));
+        let twice = [SecretString::from("billing:x"), SecretString::from("ops:x")];
+        assert_eq!(
+            InboundAuth::parse(&twice).unwrap_err(),
+            TokenError::TwoNames
+        );
+        // Entries built in code and never checked: a malformed one still closes the door.
+        let unchecked = InboundAuth::new(&[SecretString::from("bad name:x")]);
+        assert!(!unchecked.is_open());
+        assert!(unchecked.identify("x").is_none());
     }
 
     #[test]

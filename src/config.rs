@@ -548,7 +548,9 @@ pub fn parse_rate_limit(spec: &str) -> Result<Option<(u32, Duration)>, ConfigErr
     if calls == 0 || !secs.is_finite() || secs <= 0.0 {
         return Err(bad());
     }
-    Ok(Some((calls, Duration::from_secs_f64(secs))))
+    // A window too long for a Duration (`40/1e30s`) is refused, not a panic.
+    let window = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+    Ok(Some((calls, window)))
 }
 
 #[cfg(test)]
@@ -724,5 +726,6 @@ mod tests {
         assert_eq!(parse_rate_limit("off").unwrap(), None);
         assert!(parse_rate_limit("fast").is_err());
         assert!(parse_rate_limit("0/2s").is_err());
+        assert!(parse_rate_limit("40/1e30s").is_err());
     }
 }
