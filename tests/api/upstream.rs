@@ -105,23 +105,17 @@ async fn gorgias_validation_errors_name_their_fields_in_the_detail() {
 }
 
 #[tokio::test]
-async fn an_undecodable_answer_is_502() {
-    let (_g, address, _stop) =
-        scripted_gorgias(ResponseTemplate::new(201).set_body_string("<html>oops</html>")).await;
-    problem(
-        post_example(&address).await,
-        502,
-        "upstream_invalid_response",
-    )
-    .await;
-    let (_g, address, _stop) =
-        scripted_gorgias(ResponseTemplate::new(201).set_body_json(json!({"no": "id"}))).await;
-    problem(
-        post_example(&address).await,
-        502,
-        "upstream_invalid_response",
-    )
-    .await;
+async fn an_undecodable_create_answer_is_an_unknown_outcome_naming_the_external_id() {
+    // A 2xx to a create means the ticket exists: an answer we cannot read (or that is no
+    // ticket) is not Gorgias refusing, so it is never a 502 that reads as "failed" (#19).
+    for answer in [
+        ResponseTemplate::new(201).set_body_string("<html>oops</html>"),
+        ResponseTemplate::new(201).set_body_json(json!({"no": "id"})),
+    ] {
+        let (_g, address, _stop) = scripted_gorgias(answer).await;
+        let p = problem(post_example(&address).await, 503, "ticket_outcome_unknown").await;
+        assert!(p["external_id"].is_string(), "{p}");
+    }
 }
 
 #[tokio::test]
