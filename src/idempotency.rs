@@ -240,7 +240,8 @@ return 1
 const PREFIX: &str = "gorgias-proxy:idem:";
 
 /// Claims a key in the database. A new key is inserted; a key whose TTL passed is taken as
-/// new; a failed attempt or a lapsed claim of the same body is taken over, reconciling only
+/// new; every claim keeps the key for a whole TTL from now (a caller still retrying a failed
+/// attempt must not see its key, and the mark of its create, expire under it); a failed attempt or a lapsed claim of the same body is taken over, reconciling only
 /// when a create was sent under it, and settling from the end of that attempt (or the lapse
 /// of its lease). Returns whether to reconcile and the settle time left (ms, may be ≤ 0);
 /// no row when another record stands.
@@ -258,8 +259,7 @@ const DB_CLAIM: &str = "INSERT INTO idempotency \
                          ELSE idempotency.settle_until END, \
      fingerprint = excluded.fingerprint, state = 'in_flight', token = excluded.token, \
      lease_until = excluded.lease_until, status = NULL, content_type = NULL, body = NULL, \
-     expires_at = CASE WHEN idempotency.expires_at < {now} THEN excluded.expires_at \
-                       ELSE idempotency.expires_at END \
+     expires_at = excluded.expires_at \
      WHERE idempotency.expires_at < {now} \
         OR (idempotency.fingerprint = excluded.fingerprint \
             AND (idempotency.state = 'failed' \
