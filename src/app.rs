@@ -86,10 +86,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let warm = self.state.ticketing.clone();
-        tokio::spawn(async move {
-            warm.warm_up(Instant::now() + Duration::from_secs(10)).await;
-        });
+        if let Some(warm) = self.state.accounts.default_account().cloned() {
+            tokio::spawn(async move {
+                warm.ticketing
+                    .warm_up(Instant::now() + Duration::from_secs(10))
+                    .await;
+            });
+        }
         if let (Some(listener), Some(handle)) = (self.metrics_listener, self.state.metrics.clone())
         {
             let metrics_app: axum::Router = crate::http::metrics_route(handle);

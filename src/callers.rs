@@ -7,6 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::accounts::ConnectionId;
+
 /// The accepted tokens, kept only as SHA-256 digests: comparing fixed-length digests in
 /// constant time leaks neither a token's bytes nor its length. Each digest carries the caller
 /// it identifies.
@@ -30,6 +32,12 @@ pub enum TokenError {
     /// The same token is configured for two callers.
     #[error("the same token is configured under two names (or named and plain)")]
     TwoNames,
+    /// A connection list (after `@`) with a malformed id.
+    #[error(
+        "the entry named {0:?} lists a connection that is not 1 to 64 letters, digits, '.', \
+         '_' or '-' (connections are separated by '+', or '*' for all)"
+    )]
+    BadConnection(String),
     /// A name outside `[A-Za-z0-9._-]{1,64}`.
     #[error(
         "an entry's name (before the first ':') must be 1 to 64 letters, digits, '.', '_' or \
@@ -52,6 +60,10 @@ fn is_name(name: &str) -> bool {
 /// deliveries), or a plain `token` (the caller is derived from the token, as before names
 /// existed). An entry with a ':' is always `name:token`.
 ///
+/// A named caller may also list the stored connections it may use: `name@acme+globex:token`,
+/// or `name@*:token` for all of them. Without a list (and with a plain token) a caller uses
+/// only the default account.
+///
 /// # Errors
 /// A [`TokenError`] when a named entry is malformed.
 pub fn parse_entry(entry: &str) -> Result<(String, Caller), TokenError> {
@@ -60,8 +72,11 @@ pub fn parse_entry(entry: &str) -> Result<(String, Caller), TokenError> {
             entry.to_owned(),
             Caller::of_digest(&digest(entry.as_bytes())),
         )),
-        Some((name, token)) => {
-            let name = name.trim();
+        Some((head, token)) => {
+            let (name, list) = match head.trim().split_once('@') {
+                Some((name, list)) => (name, Some(list)),
+                None => (head.trim(), None),
+            };
             let token = token.trim();
             if !is_name(name) {
                 return Err(TokenError::BadName);
@@ -69,7 +84,21 @@ pub fn parse_entry(entry: &str) -> Result<(String, Caller), TokenError> {
             if token.is_empty() {
                 return Err(TokenError::EmptyToken(name.to_owned()));
             }
-            Ok((token.to_owned(), Caller::named(name)))
+            let allowed = match list {
+                None => Allowed::DefaultOnly,
+                Some("*") => Allowed::Any,
+                Some(list) => Allowed::Only(
+                    list.split('+')
+                        .map(|c| {
+                            ConnectionId::parse(c.trim())
+                                .ok_or_else(|| TokenError::BadConnection(name.to_owned()))
+                        })
+                        .collect::<Result<Arc<[_]>, _>>()?,
+                ),
+            };
+            let mut caller = Caller::named(name);
+            caller.allowed = allowed;
+            Ok((token.to_owned(), caller))
         }
     }
 }
@@ -157,16 +186,45 @@ impl InboundAuth {
 /// never the token). Two callers using the same `Idempotency-Key` never share a record; a
 /// named caller keeps its keys and deliveries across a token rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(String);
+pub struct Caller {
+    id: String,
+    allowed: Allowed,
+}
+
+/// The stored connections a caller may use (every caller may use the default account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// None: only the default account.
+    DefaultOnly,
+    /// These.
+    Only(Arc<[ConnectionId]>),
+    /// All of them.
+    Any,
+}
 
 impl Caller {
-    /// Callers when inbound auth is off: all one.
+    /// Callers when inbound auth is off: all one, and it may use every connection.
     pub fn anonymous() -> Self {
-        Self("anonymous".into())
+        Self {
+            id: "anonymous".into(),
+            allowed: Allowed::Any,
+        }
     }
 
     fn named(name: &str) -> Self {
-        Self(format!("n-{name}"))
+        Self {
+            id: format!("n-{name}"),
+            allowed: Allowed::DefaultOnly,
+        }
+    }
+
+    /// Whether this caller may use the stored connection `id`.
+    pub fn may_use(&self, id: &ConnectionId) -> bool {
+        match &self.allowed {
+            Allowed::DefaultOnly => false,
+            Allowed::Only(list) => list.contains(id),
+            Allowed::Any => true,
+        }
     }
 
     fn of_digest(token_digest: &[u8; 32]) -> Self {
@@ -177,12 +235,15 @@ impl Caller {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Self(format!("t-{id}"))
+        Self {
+            id: format!("t-{id}"),
+            allowed: Allowed::DefaultOnly,
+        }
     }
 
     /// The identity, for keys.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 }
 
@@ -251,6 +312,33 @@ mod tests {
         let unchecked = InboundAuth::new(&[SecretString::from("bad name:x")]);
         assert!(!unchecked.is_open());
         assert!(unchecked.identify("x").is_none());
+    }
+
+    #[test]
+    fn a_named_caller_may_list_the_connections_it_uses() {
+        let auth = InboundAuth::parse(&[
+            SecretString::from("billing@acme+globex:tok-1"),
+            SecretString::from("ops@*:tok-2"),
+            SecretString::from("support:tok-3"),
+            SecretString::from("plain"),
+        ])
+        .unwrap();
+        let id = |s| ConnectionId::parse(s).unwrap();
+        let billing = auth.identify("tok-1").unwrap();
+        assert_eq!(
+            billing.as_str(),
+            "n-billing",
+            "the list is not part of the name"
+        );
+        assert!(billing.may_use(&id("acme")) && billing.may_use(&id("globex")));
+        assert!(!billing.may_use(&id("initech")));
+        assert!(auth.identify("tok-2").unwrap().may_use(&id("initech")));
+        assert!(!auth.identify("tok-3").unwrap().may_use(&id("acme")));
+        assert!(!auth.identify("plain").unwrap().may_use(&id("acme")));
+        assert_eq!(
+            InboundAuth::parse(&[SecretString::from("billing@bad id:x")]).unwrap_err(),
+            TokenError::BadConnection("billing".into())
+        );
     }
 
     #[test]

@@ -187,8 +187,17 @@ pub fn check_config_error(problem: &str, json: bool) -> i32 {
 /// calls (four, as written) and writing nothing. The values looked up are random, so nothing
 /// the account holds can match them: any hit means a filter was ignored.
 pub async fn check_report(config: &Config) -> CheckReport {
-    let target = config.gorgias.base_url.origin().ascii_serialization();
-    let mut probe = match Probe::new(&config.gorgias) {
+    check_account(&config.gorgias, &config.ticketing).await
+}
+
+/// The preflight of one account: its client settings and the use case's (the channels).
+/// `check` runs it on the default account, `POST /connections/{id}/check` on a stored one.
+pub async fn check_account(
+    client: &gorgias::ClientSettings,
+    ticketing: &crate::ticketing::TicketingSettings,
+) -> CheckReport {
+    let target = client.base_url.origin().ascii_serialization();
+    let mut probe = match Probe::new(client) {
         Ok(p) => p,
         Err(e) => {
             return CheckReport {
@@ -205,9 +214,9 @@ pub async fn check_report(config: &Config) -> CheckReport {
     let mut checks = Vec::with_capacity(CHECKS.len());
 
     let settings = probe.assignment_channels().await;
-    checks.push(credentials_line(config, &target, &settings));
-    checks.push(ticket_channel_line(config, &settings));
-    checks.push(message_channel_line(config.ticketing.message_channel));
+    checks.push(credentials_line(client, ticketing, &target, &settings));
+    checks.push(ticket_channel_line(ticketing, &settings));
+    checks.push(message_channel_line(ticketing.message_channel));
 
     // When the key is refused or Gorgias cannot be reached, the other calls would fail the
     // same way: they are not spent, and their checks say why they did not run.
@@ -246,7 +255,7 @@ pub async fn check_report(config: &Config) -> CheckReport {
     // The rate-limit line reads the headers of every answer, so it is judged last and listed
     // in its place.
     checks.push(rate_limit_line(
-        config.gorgias.rate_limit,
+        client.rate_limit,
         probe.limit_headers(),
         skip,
     ));
@@ -312,11 +321,12 @@ fn describe(e: &ProbeError) -> String {
 }
 
 fn credentials_line(
-    config: &Config,
+    client: &gorgias::ClientSettings,
+    ticketing: &crate::ticketing::TicketingSettings,
     target: &str,
     settings: &Result<Vec<String>, ProbeError>,
 ) -> CheckLine {
-    let (who, fix) = match &config.gorgias.auth {
+    let (who, fix) = match &client.auth {
         Auth::Basic { username, .. } => (
             format!("the API key of {username}"),
             "check GORGIAS_USERNAME (the email of the Gorgias user who owns the key) and \
@@ -342,7 +352,7 @@ fn credentials_line(
             format!("{target} refused {who} ({detail}): {fix}"),
         ),
         ProbeError::Call(GorgiasError::Rejected { status: 403, .. })
-            if config.ticketing.channel_override.is_some() =>
+            if ticketing.channel_override.is_some() =>
         {
             line(
                 "credentials",
@@ -389,7 +399,10 @@ fn credentials_line(
 
 /// The service's rule (`ticketing`): `TICKET_CHANNEL`, else `phone` when the account
 /// auto-assigns SMS tickets, else `email`.
-fn ticket_channel_line(config: &Config, settings: &Result<Vec<String>, ProbeError>) -> CheckLine {
+fn ticket_channel_line(
+    ticketing: &crate::ticketing::TicketingSettings,
+    settings: &Result<Vec<String>, ProbeError>,
+) -> CheckLine {
     let name = "ticket-channel";
     let from_account = settings.as_ref().ok().map(|channels| {
         if channels.iter().any(|c| c == "sms") {
@@ -406,7 +419,7 @@ fn ticket_channel_line(config: &Config, settings: &Result<Vec<String>, ProbeErro
             )
         }
     });
-    match (&config.ticketing.channel_override, from_account) {
+    match (&ticketing.channel_override, from_account) {
         (Some(fixed), Some((rule, _))) => line(
             name,
             CheckStatus::Pass,
@@ -674,5 +687,55 @@ fn external_id_filter_line(answer: Result<ListAnswer, ProbeError>) -> CheckLine 
                 a.items
             ),
         ),
+    }
+}
+
+/// `gorgias-proxy connections rekey`: every secret sealed again under `CONNECTIONS_KEY`.
+/// Prints what it did; returns the exit code (0 done, 1 failed, 2 unusable settings).
+pub async fn rekey(config: &Config) -> i32 {
+    let Some(key) = &config.connections_key else {
+        eprintln!("Error: CONNECTIONS_KEY: is required to rekey (the key to seal with)");
+        return 2;
+    };
+    let keys = match crate::secrets::Keyring::new(key, config.connections_key_previous.as_ref()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("Error: CONNECTIONS_KEY: {e}");
+            return 2;
+        }
+    };
+    let Some(target) = &config.outbox else {
+        eprintln!("Error: OUTBOX_URL: is off; there are no stored connections to rekey");
+        return 2;
+    };
+    let store = match crate::store::Store::open(
+        target,
+        crate::store::OpenOptions {
+            settle: config.ticketing.settle,
+        },
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error: the database (DATA_DIR / OUTBOX_URL) cannot be used: {e}");
+            return 1;
+        }
+    };
+    match crate::connections::Connections::new(store)
+        .rekey(&keys)
+        .await
+    {
+        Ok((rewritten, current)) => {
+            println!(
+                "rekeyed {rewritten} connection(s) under key {}; {current} already were",
+                keys.current_id()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
     }
 }

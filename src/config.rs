@@ -56,6 +56,17 @@ pub struct Config {
     pub delivery: crate::outbox::DeliverySettings,
     /// Where `ticket.delivered` / `ticket.failed` events go, and their signing secret.
     pub webhook: Option<(Url, secrecy::SecretString)>,
+    /// Whether `gorgias` is a default account (from `GORGIAS_*`) that requests without a
+    /// `Connection-Id` go to; `false` leaves it a template for stored connections only.
+    pub default_account: bool,
+    /// Bearer tokens of the admin API (`ADMIN_TOKENS`); none turns the admin API off.
+    pub admin_tokens: Vec<SecretString>,
+    /// The key stored connections' secrets are sealed with (`CONNECTIONS_KEY`, base64).
+    pub connections_key: Option<SecretString>,
+    /// The key before the last rotation, still used to open (`CONNECTIONS_KEY_PREVIOUS`).
+    pub connections_key_previous: Option<SecretString>,
+    /// Whether a connection may name any `base_url` (simulators, tests), not only a subdomain.
+    pub allow_custom_base_urls: bool,
 }
 
 impl Config {
@@ -93,12 +104,17 @@ impl Config {
             )),
             delivery: crate::outbox::DeliverySettings::default(),
             webhook: None,
+            default_account: true,
+            admin_tokens: Vec::new(),
+            connections_key: None,
+            connections_key_previous: None,
+            allow_custom_base_urls: false,
         }
     }
 }
 
 /// 40 calls per 20 s for an API key, 80 for OAuth (Gorgias's documented account limits).
-fn default_rate_limit(auth: &Auth) -> (u32, Duration) {
+pub fn default_rate_limit(auth: &Auth) -> (u32, Duration) {
     let calls = if auth.is_oauth() { 80 } else { 40 };
     (calls, Duration::from_secs(20))
 }
@@ -206,6 +222,26 @@ pub struct Cli {
     #[arg(long, env = "API_TOKENS_FILE")]
     pub api_tokens_file: Option<std::path::PathBuf>,
     /// Serve without inbound auth when no token is configured.
+    /// Bearer tokens of the admin API (`/connections`), comma-separated; never accepted on
+    /// `POST /ticket`, as caller tokens are never accepted here.
+    #[arg(long, env = "ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+    /// A file of admin tokens, one per line.
+    #[arg(long, env = "ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<std::path::PathBuf>,
+    /// 32 random bytes in base64 (`openssl rand -base64 32`): seals stored connections'
+    /// secrets (AES-256-GCM).
+    #[arg(long, env = "CONNECTIONS_KEY", hide_env_values = true)]
+    pub connections_key: Option<String>,
+    /// A file holding CONNECTIONS_KEY.
+    #[arg(long, env = "CONNECTIONS_KEY_FILE")]
+    pub connections_key_file: Option<std::path::PathBuf>,
+    /// The key before a rotation: still opens secrets until `connections rekey` has run.
+    #[arg(long, env = "CONNECTIONS_KEY_PREVIOUS", hide_env_values = true)]
+    pub connections_key_previous: Option<String>,
+    /// Let a connection name any `base_url` (simulators, tests) instead of a subdomain only.
+    #[arg(long, env = "ALLOW_CUSTOM_BASE_URLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_custom_base_urls: bool,
     #[arg(long, env = "ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_unauthenticated: bool,
     /// Time a client has to send a request's headers, in milliseconds.
@@ -281,6 +317,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage stored connections (same settings as the service: DATA_DIR / OUTBOX_URL and
+    /// CONNECTIONS_KEY).
+    Connections {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConnectionsCommand,
+    },
+}
+
+/// `gorgias-proxy connections …`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Rewrites every stored secret under CONNECTIONS_KEY, opening the old ones with
+    /// CONNECTIONS_KEY_PREVIOUS; afterwards the previous key is no longer needed. With SQLite,
+    /// stop the service first (one process owns the file); with PostgreSQL it can run live.
+    Rekey,
 }
 
 impl Cli {
@@ -290,12 +342,25 @@ impl Cli {
     /// # Errors
     /// [`ConfigError::Missing`] naming every absent variable at once, or the first invalid one.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let (base_url, auth) = if self.sandbox {
-            sandbox_placeholder()?
+        let has_key = self
+            .connections_key
+            .as_deref()
+            .is_some_and(|k| !k.trim().is_empty())
+            || self.connections_key_file.is_some();
+        let (base_url, auth, default_account) = if self.sandbox {
+            let (base_url, auth) = sandbox_placeholder()?;
+            (base_url, auth, true)
+        } else if has_key && self.gorgias_unset() {
+            // Stored connections only: no default account; a request without Connection-Id
+            // is answered 400 `connection_required`.
+            let (base_url, auth) = sandbox_placeholder_url();
+            (base_url, auth, false)
         } else {
-            self.gorgias_target()?
+            let (base_url, auth) = self.gorgias_target()?;
+            (base_url, auth, true)
         };
         let mut config = Config::with_gorgias(base_url, auth);
+        config.default_account = default_account;
         config.listen = self.listen;
         config.gorgias.attempt_timeout =
             positive_ms("GORGIAS_TIMEOUT_MS", self.gorgias_timeout_ms)?;
@@ -411,25 +476,59 @@ impl Cli {
         config.header_read_timeout =
             positive_ms("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms)?;
         config.body_read_timeout = positive_ms("BODY_READ_TIMEOUT_MS", self.body_read_timeout_ms)?;
-        let mut tokens: Vec<String> = self
-            .api_tokens
-            .iter()
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if let Some(path) = &self.api_tokens_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid("API_TOKENS_FILE", &format!("cannot be read: {e}")))?;
-            tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
+        config.api_tokens = token_list(
+            self.api_tokens.as_deref(),
+            self.api_tokens_file.as_deref(),
+            "API_TOKENS_FILE",
+        )?;
+        config.admin_tokens = token_list(
+            self.admin_tokens.as_deref(),
+            self.admin_tokens_file.as_deref(),
+            "ADMIN_TOKENS_FILE",
+        )?;
+        // One token in both lists would make a caller an admin (or an admin a caller).
+        let callers = crate::callers::InboundAuth::new(&config.api_tokens);
+        if config.admin_tokens.iter().any(|t| {
+            crate::callers::parse_entry(secrecy::ExposeSecret::expose_secret(t))
+                .is_ok_and(|(token, _)| callers.accepts(&token))
+        }) {
+            return Err(invalid(
+                "ADMIN_TOKENS",
+                "an admin token is also in API_TOKENS: give the admin API tokens of its own",
+            ));
         }
-        config.api_tokens = tokens.into_iter().map(SecretString::from).collect();
+        config.connections_key = match (
+            self.connections_key.filter(|k| !k.trim().is_empty()),
+            &self.connections_key_file,
+        ) {
+            (Some(k), _) => Some(SecretString::from(k)),
+            (None, Some(path)) => Some(SecretString::from(
+                std::fs::read_to_string(path)
+                    .map_err(|e| invalid("CONNECTIONS_KEY_FILE", &format!("cannot be read: {e}")))?
+                    .trim()
+                    .to_owned(),
+            )),
+            (None, None) => None,
+        };
+        config.connections_key_previous = self
+            .connections_key_previous
+            .filter(|k| !k.trim().is_empty())
+            .map(SecretString::from);
+        if let Some(key) = &config.connections_key {
+            crate::secrets::Keyring::new(key, None)
+                .map_err(|e| invalid("CONNECTIONS_KEY", &e.to_string()))?;
+        }
+        if let Some(key) = &config.connections_key_previous {
+            crate::secrets::Keyring::new(key, None)
+                .map_err(|e| invalid("CONNECTIONS_KEY_PREVIOUS", &e.to_string()))?;
+            if config.connections_key.is_none() {
+                return Err(invalid(
+                    "CONNECTIONS_KEY_PREVIOUS",
+                    "needs CONNECTIONS_KEY (the key secrets are sealed with now)",
+                ));
+            }
+        }
+        config.allow_custom_base_urls = self.allow_custom_base_urls;
         // Named entries (`name:token`) are checked now, so a typo stops the start-up rather
         // than silently refusing that caller.
         crate::callers::InboundAuth::parse(&config.api_tokens)
@@ -443,6 +542,16 @@ impl Cli {
             ));
         }
         Ok(config)
+    }
+
+    /// No `GORGIAS_*` account setting is given at all.
+    fn gorgias_unset(&self) -> bool {
+        let unset = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+        self.gorgias_base_url.is_none()
+            && unset(&self.gorgias_domain)
+            && unset(&self.gorgias_username)
+            && unset(&self.gorgias_api_key)
+            && unset(&self.gorgias_access_token)
     }
 
     fn gorgias_target(&self) -> Result<(Url, Auth), ConfigError> {
@@ -482,6 +591,19 @@ impl Cli {
     }
 }
 
+/// The client settings' template when there is no default account: never called (no
+/// request reaches it), only cloned into each stored connection's settings.
+fn sandbox_placeholder_url() -> (Url, Auth) {
+    let url = Url::parse("http://127.0.0.1:1/").unwrap_or_else(|_| unreachable!("a literal URL"));
+    (
+        url,
+        Auth::Basic {
+            username: String::new(),
+            api_key: SecretString::from(String::new()),
+        },
+    )
+}
+
 /// The sandbox's Gorgias target: the simulator's credentials at a placeholder address that
 /// the sandbox module replaces once the simulator is bound.
 #[cfg(feature = "sandbox")]
@@ -515,6 +637,32 @@ fn domain_url(domain: &str) -> Result<Url, ConfigError> {
     }
     Url::parse(&format!("https://{d}.gorgias.com/"))
         .map_err(|e| invalid("GORGIAS_DOMAIN", &e.to_string()))
+}
+
+/// Tokens from a comma-separated setting and a file of one per line (`#` comments).
+fn token_list(
+    inline: Option<&str>,
+    file: Option<&std::path::Path>,
+    file_setting: &'static str,
+) -> Result<Vec<SecretString>, ConfigError> {
+    let mut tokens: Vec<String> = inline
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(file_setting, &format!("cannot be read: {e}")))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    Ok(tokens.into_iter().map(SecretString::from).collect())
 }
 
 fn positive_ms(name: &'static str, ms: u64) -> Result<Duration, ConfigError> {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::accounts::AccountError;
 use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::outbox::{Claimed, DeliverySettings, Outbox, Status};
@@ -245,6 +246,22 @@ async fn create(
     outbox: &Outbox,
     claimed: &Claimed,
 ) -> Result<crate::output::Ticket, (ApiError, bool)> {
+    // The account it was accepted for: a connection deleted since fails it for good.
+    let account = state
+        .accounts
+        .for_delivery(&claimed.connection)
+        .await
+        .map_err(|e| match e {
+            AccountError::Unknown => (ApiError::ConnectionDeleted, true),
+            e => (ApiError::Account(e), false),
+        })?;
+    // Refused credentials wait for new ones (a `PUT`), until DELIVERY_MAX_AGE: the backlog of
+    // a key rotated a minute early is delivered, not failed.
+    if let Some(id) = &account.connection
+        && account.needs_reconnect()
+    {
+        return Err((ApiError::NeedsReconnect(id.clone()), false));
+    }
     // The ticket as validated at acceptance. Rows accepted before the stored form existed
     // hold the caller's body, validated again here.
     let ticket = match StoredTicket::decode(&claimed.request) {
@@ -252,7 +269,7 @@ async fn create(
         None => {
             let parsed = serde_json::from_slice::<serde_json::Value>(&claimed.request)
                 .map_err(|e| (ApiError::MalformedJson(e.to_string()), true))?;
-            NewTicket::parse_with(&parsed, &state.rules)
+            NewTicket::parse_with(&parsed, &account.rules)
                 .map_err(|e| (ApiError::Invalid(e), true))?
         }
     };
@@ -260,16 +277,27 @@ async fn create(
     let attempt = Attempt {
         external_id: &claimed.external_id,
         deadline: Instant::now() + state.request_deadline,
-        // Every attempt after the first may follow a create that landed; its settle window
-        // has passed: the attempt was scheduled after it.
-        reconcile_first: claimed.attempts > 1,
+        // Every attempt after the first may follow a create that landed (its settle window
+        // has passed: the attempt was scheduled after it), unless the one before ended in a
+        // refusal of the credentials: that attempt sent nothing, or looked first (finding
+        // nothing) and was refused its create, so there is nothing to look for.
+        reconcile_first: claimed.attempts > 1 && !refused_before(claimed),
         settle_remaining: Duration::ZERO,
         wait_in_attempt: false,
         fence: &fence,
     };
-    let created = gorgias::in_background(state.ticketing.create_ticket(&ticket, &attempt)).await;
+    let created = gorgias::in_background(account.ticketing.create_ticket(&ticket, &attempt)).await;
+    state.accounts.observe_result(&account, &created).await;
     match created {
         Ok(t) => Ok(t),
+        // Refused credentials are not the ticket's fault: it waits for them to be replaced.
+        Err(e) if crate::accounts::is_refusal(&e) => Err((
+            account
+                .connection
+                .clone()
+                .map_or(ApiError::Upstream(e), ApiError::NeedsReconnect),
+            false,
+        )),
         Err(e) => {
             let permanent = matches!(
                 e,
@@ -278,6 +306,20 @@ async fn create(
             Err((ApiError::Upstream(e), permanent))
         }
     }
+}
+
+/// Whether the attempt before this one ended with the credentials refused (401/403, or the
+/// connection marked for reconnecting), which leaves no create behind.
+fn refused_before(claimed: &Claimed) -> bool {
+    let code = claimed
+        .last_problem
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|p| p["code"].as_str().map(str::to_owned));
+    matches!(
+        code.as_deref(),
+        Some("upstream_auth" | "connection_needs_reconnect")
+    )
 }
 
 async fn keep_leased(outbox: &Outbox, claimed: &Claimed, lease: Duration) {

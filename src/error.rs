@@ -67,6 +67,35 @@ pub enum ApiError {
     /// grows.
     #[error("this replica is at its limit of concurrent requests; retry shortly")]
     Overloaded,
+    /// 400 `connection_required`, 404 `unknown_connection` or 503: the request's Gorgias
+    /// account could not be had.
+    #[error(transparent)]
+    Account(#[from] crate::accounts::AccountError),
+    /// 503 `connection_needs_reconnect`: Gorgias refused this connection's credentials; a
+    /// new `PUT /connections/{id}` fixes it.
+    #[error(
+        "Gorgias refused the credentials of connection {0}; it needs reconnecting (PUT \
+         /connections/{0} with new credentials)"
+    )]
+    NeedsReconnect(crate::accounts::ConnectionId),
+    /// A delivery's connection was deleted before it was delivered (its final problem).
+    #[error("the connection this ticket was accepted for was deleted")]
+    ConnectionDeleted,
+    /// 409: a connection with queued deliveries is deleted without `force=true`.
+    #[error(
+        "{0} deliveries are queued for this connection; DELETE with ?force=true to fail them \
+         and delete it anyway"
+    )]
+    ConnectionHasDeliveries(u64),
+    /// 503: the admin API cannot store connections in this deployment (why).
+    #[error("{0}")]
+    ConnectionsOff(&'static str),
+    /// 400: a path parameter is malformed.
+    #[error("{0}")]
+    BadPath(String),
+    /// 400: the query string is malformed.
+    #[error("{0}")]
+    BadQuery(String),
     /// 500: a bug. Never caused by a caller or by Gorgias.
     #[error("internal error")]
     Internal,
@@ -195,6 +224,41 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
+            ),
+            Self::NeedsReconnect(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_needs_reconnect",
+                "Connection needs reconnecting",
+            ),
+            Self::ConnectionDeleted => {
+                (StatusCode::GONE, "connection_deleted", "Connection deleted")
+            }
+            Self::ConnectionHasDeliveries(_) => (
+                StatusCode::CONFLICT,
+                "connection_has_deliveries",
+                "Connection has queued deliveries",
+            ),
+            Self::ConnectionsOff(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connections_unavailable",
+                "Connections unavailable",
+            ),
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path", "Invalid path"),
+            Self::BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Invalid query"),
+            Self::Account(crate::accounts::AccountError::Required) => (
+                StatusCode::BAD_REQUEST,
+                "connection_required",
+                "Connection required",
+            ),
+            Self::Account(crate::accounts::AccountError::Unknown) => (
+                StatusCode::NOT_FOUND,
+                "unknown_connection",
+                "Unknown connection",
+            ),
+            Self::Account(crate::accounts::AccountError::Unavailable) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connections_unavailable",
+                "Connections unavailable",
             ),
             Self::Upstream(TicketingError::Mapping(_)) => (
                 StatusCode::BAD_GATEWAY,
@@ -390,7 +454,11 @@ impl ApiError {
                 .max(Duration::from_secs(1)),
             ),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
-            Self::StoreUnavailable | Self::Overloaded | Self::OutboxUnavailable => {
+            Self::NeedsReconnect(_) => Some(Duration::from_secs(60)),
+            Self::StoreUnavailable
+            | Self::Overloaded
+            | Self::OutboxUnavailable
+            | Self::Account(crate::accounts::AccountError::Unavailable) => {
                 Some(Duration::from_secs(1))
             }
             _ => None,

@@ -13,7 +13,9 @@
 //! - [`config`]: every setting, parsed and checked once.
 //! - [`telemetry`]: log setup and PII masking.
 //! - [`app`]: server build/run around the state, graceful shutdown.
-//! - [`state`]: what every handler reaches (use case, stores, callers, readiness).
+//! - [`state`]: what every handler reaches (accounts, stores, callers, readiness).
+//! - [`accounts`]: the Gorgias accounts (the default one and stored connections), each a
+//!   cheap handle on its client, use case and rules; shared HTTP pools, a budget per account.
 //! - [`callers`]: accepted bearer tokens (as digests) and the caller identity.
 //! - [`request_id`]: the current request's id, for answers built far from the handler.
 //! - [`server`]: the accept loop, one thread and runtime per core (header-read timeout, header
@@ -30,6 +32,8 @@
 //!   resource's rows.
 //! - [`store`]: the durable database behind the outbox and the idempotency records (SQLite
 //!   or PostgreSQL), one set of queries behind one trait.
+//! - [`connections`]: stored connections (admin API input, sealed records, answers).
+//! - [`secrets`]: AES-256-GCM sealing of connection secrets under `CONNECTIONS_KEY`.
 //! - [`coordination`]: what replicas share through Redis (the client's `SharedBudget`, customer
 //!   creation).
 //! - [`metrics`]: Prometheus metric names and recorders.
@@ -38,10 +42,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod app;
 pub mod callers;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod coordination;
 pub mod delivery;
 pub mod domain;
@@ -53,6 +59,7 @@ pub mod outbox;
 pub mod output;
 pub mod request_id;
 pub mod sandbox;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

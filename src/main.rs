@@ -1,9 +1,9 @@
-//! `gorgias-proxy`: serve, `--sandbox`, `healthcheck` or `check`. Everything else lives in the
+//! `gorgias-proxy`: serve, `--sandbox`, `healthcheck`, `check` or `connections rekey`. Everything else lives in the
 //! library.
 
 use clap::Parser;
 use gorgias_proxy::app::{Application, shutdown_signal};
-use gorgias_proxy::config::{Cli, Command};
+use gorgias_proxy::config::{Cli, Command, ConnectionsCommand};
 use gorgias_proxy::{commands, sandbox, telemetry};
 
 #[tokio::main]
@@ -29,6 +29,20 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => std::process::exit(commands::check_config_error(&e.to_string(), json)),
         };
         std::process::exit(commands::check(&config, json).await);
+    }
+    if let Some(Command::Connections {
+        action: ConnectionsCommand::Rekey,
+    }) = cli.command
+    {
+        cli.allow_unauthenticated = true;
+        let config = match cli.into_config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                std::process::exit(2);
+            }
+        };
+        std::process::exit(commands::rekey(&config).await);
     }
     telemetry::init(
         telemetry::LogFormat::from_setting(cli.log_format.as_deref()),

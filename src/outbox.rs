@@ -199,6 +199,10 @@ pub struct Claimed {
     pub attempts: u32,
     /// When it was accepted (Unix ms).
     pub accepted_at: u64,
+    /// The connection it was accepted for (empty: the default account).
+    pub connection: String,
+    /// The problem the attempt before this one ended with (JSON), if any.
+    pub last_problem: Option<String>,
     /// This claim's token: every write about the attempt must still match it, so a worker
     /// whose lease lapsed (and whose delivery another worker took over) changes nothing.
     pub owner: String,
@@ -308,6 +312,7 @@ impl Outbox {
     pub async fn accept(
         &self,
         caller: &str,
+        connection: &str,
         key: Option<&str>,
         fingerprint: &str,
         request: &[u8],
@@ -323,8 +328,8 @@ impl Outbox {
             .query_opt(
                 with_columns!(
                     "INSERT INTO deliveries (id, caller, idem_key, fingerprint, request, \
-                     external_id, status, accepted_at, next_attempt_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', {now}, {now}) \
+                     external_id, status, accepted_at, next_attempt_at, connection) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', {now}, {now}, $7) \
                      ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING RETURNING ",
                     ""
                 ),
@@ -335,6 +340,7 @@ impl Outbox {
                     fingerprint.into(),
                     request.to_vec().into(),
                     external_id.into(),
+                    connection.into(),
                 ],
             )
             .await?;
@@ -390,7 +396,7 @@ impl Outbox {
                               WHERE (status = 'queued' AND next_attempt_at <= {now}) \
                                  OR (status = 'delivering' AND lease_until + $2 < {now}) \
                               ORDER BY seq LIMIT 1 {skip_locked}) \
-                 RETURNING id, request, external_id, attempts, accepted_at",
+                 RETURNING id, request, external_id, attempts, accepted_at, connection, problem",
                 vec![
                     ms(lease).into(),
                     ms(self.inner.settle).into(),
@@ -404,6 +410,8 @@ impl Outbox {
             external_id: r.text(2),
             attempts: u32::try_from(r.uint(3)).unwrap_or(u32::MAX),
             accepted_at: r.uint(4),
+            connection: r.text(5),
+            last_problem: r.opt_text(6),
             owner,
         }))
     }
@@ -710,20 +718,23 @@ mod tests {
     #[tokio::test]
     async fn accept_claim_deliver_and_replay_by_key() {
         let (outbox, dir) = temp_outbox().await;
-        let Accepted::New(d) = outbox.accept("c", Some("k"), "f", b"{}").await.unwrap() else {
+        let Accepted::New(d) = outbox.accept("c", "", Some("k"), "f", b"{}").await.unwrap() else {
             panic!("new")
         };
         assert!(matches!(
-            outbox.accept("c", Some("k"), "f", b"{}").await.unwrap(),
+            outbox.accept("c", "", Some("k"), "f", b"{}").await.unwrap(),
             Accepted::Existing(e) if e.id == d.id
         ));
         assert!(matches!(
-            outbox.accept("c", Some("k"), "other", b"{}").await.unwrap(),
+            outbox
+                .accept("c", "", Some("k"), "other", b"{}")
+                .await
+                .unwrap(),
             Accepted::Mismatch
         ));
         // Another caller's key is another delivery, and it cannot see this one.
         assert!(matches!(
-            outbox.accept("c2", Some("k"), "f", b"{}").await.unwrap(),
+            outbox.accept("c2", "", Some("k"), "f", b"{}").await.unwrap(),
             Accepted::New(e) if e.id != d.id
         ));
         assert!(outbox.get("c2", &d.id).await.unwrap().is_none());
@@ -766,7 +777,7 @@ mod tests {
     #[tokio::test]
     async fn a_lapsed_lease_is_claimed_again_and_a_retry_waits_its_turn() {
         let (outbox, dir) = temp_outbox().await;
-        let Accepted::New(d) = outbox.accept("c", None, "f", b"{}").await.unwrap() else {
+        let Accepted::New(d) = outbox.accept("c", "", None, "f", b"{}").await.unwrap() else {
             panic!("new")
         };
         let first = outbox

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyStore;
 use crate::ticketing::Ticketing;
-use gorgias::{GorgiasClient, GorgiasError};
+use gorgias::GorgiasError;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// What every handler can reach: one `Arc`, so the per-request clones axum makes cost one
@@ -30,8 +30,8 @@ impl std::ops::Deref for AppState {
 
 /// The state's contents.
 pub struct Shared {
-    /// The create-ticket use case and its caches.
-    pub ticketing: Ticketing,
+    /// The Gorgias accounts: each one's use case, caches and rules.
+    pub accounts: crate::accounts::Accounts,
     /// Largest accepted body, in bytes.
     pub body_limit: usize,
     /// Time allowed for one inbound request, Gorgias retries included.
@@ -44,14 +44,16 @@ pub struct Shared {
     pub idempotency: IdempotencyStore,
     /// Inbound bearer tokens.
     pub auth: InboundAuth,
+    /// The admin API's bearer tokens (none: the admin API is off).
+    pub admin: InboundAuth,
+    /// Whether a stored connection may name a `base_url` (`ALLOW_CUSTOM_BASE_URLS`).
+    pub allow_custom_base_urls: bool,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: Option<PrometheusHandle>,
     /// Whether `/metrics` is served on the main listener.
     pub metrics_on_main: bool,
     /// Requests served at once; more are refused with 503.
     pub max_in_flight: usize,
-    /// Deployment-specific value rules (the phone region).
-    pub rules: crate::domain::request::Rules,
     /// The durable outbox for `Prefer: respond-async` (`None`: `OUTBOX_URL=off`).
     pub outbox: Option<crate::outbox::Outbox>,
     /// How queued deliveries are made.
@@ -70,30 +72,29 @@ impl AppState {
     /// When the Gorgias client cannot be built (bad credentials encoding, TLS), or Redis is
     /// configured but unreachable (a replica that cannot share state must not start).
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut client = GorgiasClient::new(config.gorgias.clone())?;
-        let mut ticketing_settings = config.ticketing.clone();
         let settle = config.ticketing.settle;
-        let redis = match &config.redis_url {
-            Some(url) => {
-                let conn = crate::coordination::connect(url).await.map_err(|e| {
+        let redis =
+            match &config.redis_url {
+                Some(url) => Some(crate::coordination::connect(url).await.map_err(|e| {
                     anyhow::anyhow!("REDIS_URL is set but Redis cannot be used: {e}")
-                })?;
-                if let Some(budget) = client.pacer().budget() {
-                    let limiter = crate::coordination::SharedLimiter::new(
-                        conn.clone(),
-                        client.base_url().as_str(),
-                        budget,
-                    );
-                    client = client.share_pacing(Arc::new(limiter));
-                }
-                ticketing_settings.shared = Some(crate::coordination::SharedCustomers::new(
-                    conn.clone(),
-                    config.ticketing.customer_cache_ttl,
-                    config.gorgias.base_url.as_str(),
-                ));
-                Some(conn)
-            }
-            None => None,
+                })?),
+                None => None,
+            };
+        let factory = crate::accounts::AccountFactory::new(
+            config.gorgias.clone(),
+            config.ticketing.clone(),
+            config.rules,
+            redis.clone(),
+        )?;
+        let default = if config.default_account {
+            Some(factory.build(
+                None,
+                config.gorgias.base_url.clone(),
+                config.gorgias.auth.clone(),
+                &crate::accounts::Overrides::default(),
+            )?)
+        } else {
+            None
         };
         // One database holds the outbox and the idempotency records; without one
         // (`OUTBOX_URL=off`) keys live in memory.
@@ -112,6 +113,17 @@ impl AppState {
             None => IdempotencyStore::memory(config.idempotency_ttl),
         }
         .with_settle(settle);
+        let keys = match &config.connections_key {
+            Some(key) => Some(Arc::new(
+                crate::secrets::Keyring::new(key, config.connections_key_previous.as_ref())
+                    .map_err(|e| anyhow::anyhow!("CONNECTIONS_KEY: {e}"))?,
+            )),
+            None => None,
+        };
+        let connections = store.clone().map(crate::connections::Connections::new);
+        if let Some(connections) = &connections {
+            check_keys(connections, keys.as_deref()).await?;
+        }
         let outbox = store.map(|store| crate::outbox::Outbox::new(store, settle));
         let webhooks = match (&config.webhook, &outbox) {
             (Some((url, secret)), Some(_)) => Some(
@@ -124,7 +136,9 @@ impl AppState {
             _ => None,
         };
         Ok(Self(Arc::new(Shared {
-            ticketing: Ticketing::new(client, ticketing_settings),
+            accounts: crate::accounts::Accounts::new(default, factory, connections, keys),
+            admin: InboundAuth::new(&config.admin_tokens),
+            allow_custom_base_urls: config.allow_custom_base_urls,
             body_limit: config.body_limit,
             request_deadline: config.request_deadline,
             body_read_timeout: config.body_read_timeout,
@@ -134,13 +148,39 @@ impl AppState {
             metrics: Some(crate::metrics::install_with_upkeep()),
             metrics_on_main: config.metrics_listen.is_none(),
             max_in_flight: config.max_concurrent_requests,
-            rules: config.rules,
             tasks: tokio_util::task::TaskTracker::new(),
             outbox,
             delivery: config.delivery.clone(),
             webhooks,
         })))
     }
+}
+
+/// Refuses to serve stored connections whose secrets this process cannot open: without
+/// `CONNECTIONS_KEY` when any is stored, or when one was sealed under a key it does not have.
+async fn check_keys(
+    connections: &crate::connections::Connections,
+    keys: Option<&crate::secrets::Keyring>,
+) -> anyhow::Result<()> {
+    let (stored, unknown) = connections
+        .census(keys)
+        .await
+        .map_err(|e| anyhow::anyhow!("the stored connections cannot be read: {e}"))?;
+    if stored > 0 && keys.is_none() {
+        anyhow::bail!(
+            "{stored} connection(s) are stored but CONNECTIONS_KEY is not set: set \
+             CONNECTIONS_KEY (or CONNECTIONS_KEY_FILE) to the key their secrets were sealed with"
+        );
+    }
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "stored connection secrets are sealed under key id(s) {}, which neither \
+             CONNECTIONS_KEY nor CONNECTIONS_KEY_PREVIOUS is: set CONNECTIONS_KEY_PREVIOUS to \
+             the old key (then run `gorgias-proxy connections rekey`)",
+            unknown.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// When a readiness check ran, and what it found (the reason when not ready).

@@ -1,6 +1,7 @@
 //! Inbound auth: `Authorization: Bearer <token>` against `API_TOKENS`, compared in constant time.
 //! Health, readiness, metrics and the OpenAPI document stay open (probes and scrapers carry no
-//! token); only `POST /ticket` is guarded.
+//! token); `POST /ticket` and `GET /tickets/{id}` take caller tokens, `/connections` admin
+//! tokens (see `connections`), and neither kind is accepted where the other is.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -16,17 +17,14 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
+    let presented = bearer(&req);
+    // An admin token is never a caller's, even when caller auth is off.
+    if presented.is_some_and(|t| !state.admin.is_open() && state.admin.accepts(t)) {
+        return ApiError::Unauthorized.into_response();
+    }
     if state.auth.is_open() {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
     match presented.and_then(|t| state.auth.identify(t)) {
         Some(caller) => {
             let mut req = req;
@@ -35,4 +33,15 @@ pub(crate) async fn require_token(
         }
         None => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// The bearer token a request presents, if any.
+pub(crate) fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
 }

@@ -30,9 +30,14 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             .await
             .map_err(|e| ApiError::NotReady(format!("the outbox cannot be written: {e}")))?;
     }
-    state
-        .readiness
-        .check(&state.ticketing, state.outbox.is_some())
-        .await?;
+    // Only the default account decides readiness: one merchant's revoked credentials must
+    // not take every replica out of rotation for all the others (each connection's state is
+    // in `GET /connections/{id}`).
+    if let Some(account) = state.accounts.default_account() {
+        state
+            .readiness
+            .check(&account.ticketing, state.outbox.is_some())
+            .await?;
+    }
     Ok(Json(json!({"status": "ready"})))
 }

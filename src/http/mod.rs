@@ -2,8 +2,10 @@
 //! (even a 404) carries an `X-Request-Id` and errors share one problem+json shape.
 
 pub mod auth;
+pub mod connections;
 mod health;
 pub mod openapi;
+mod route;
 mod ticket;
 pub mod tickets;
 
@@ -32,6 +34,12 @@ pub fn router(state: AppState) -> Router {
         .merge(ticket::router().merge(tickets::router()).route_layer(
             middleware::from_fn_with_state(state.clone(), auth::require_token),
         ))
+        .merge(
+            connections::router().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                connections::require_admin,
+            )),
+        )
         .merge(health::router())
         .route("/openapi.json", axum::routing::get(openapi::serve))
         .merge(metrics_router(&state))
@@ -146,6 +154,10 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
         Some("/openapi.json") => "/openapi.json",
+        Some("/tickets/{id}") => "/tickets/{id}",
+        Some("/connections") => "/connections",
+        Some("/connections/{connection_id}") => "/connections/{connection_id}",
+        Some("/connections/{connection_id}/check") => "/connections/{connection_id}/check",
         Some(_) => "other",
         None => "unmatched",
     }

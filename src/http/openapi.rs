@@ -43,6 +43,12 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
         ("X-Request-Id" = Option<String>, Header,
          description = "Kept when it is 1 to 128 visible ASCII characters, else replaced by a \
                         fresh id; echoed on every answer and in error bodies."),
+        ("Connection-Id" = Option<String>, Header, min_length = 1, max_length = 64,
+         pattern = r"^[A-Za-z0-9._-]+$",
+         description = "The stored connection (Gorgias account) this request is for; absent, the \
+                        default account from `GORGIAS_*`. Unknown, or not allowed to this \
+                        caller: 404 `unknown_connection`. Absent with no default account: 400 \
+                        `connection_required`."),
     ),
     responses(
         (status = 201, description = "The ticket Gorgias created", body = Ticket,
@@ -88,14 +94,21 @@ fn create_ticket_doc() {}
     summary = "The status of a ticket accepted with `Prefer: respond-async`",
     description = "`delivery_id` is the `id` of the 202 answer (also in its `Location`), not the \
                    Gorgias ticket id of a 201.",
-    params(("delivery_id" = String, Path, description = "The `id` answered with 202")),
+    params(("delivery_id" = String, Path, description = "The `id` answered with 202"),
+        ("Connection-Id" = Option<String>, Header, min_length = 1, max_length = 64,
+         pattern = r"^[A-Za-z0-9._-]+$",
+         description = "The stored connection (Gorgias account) this request is for; absent, the \
+                        default account from `GORGIAS_*`. Unknown, or not allowed to this \
+                        caller: 404 `unknown_connection`. Absent with no default account: 400 \
+                        `connection_required`."),
+    ),
     responses(
         (status = 200, description = "Where the delivery stands", body = crate::outbox::DeliveryStatus,
          headers(("X-Request-Id" = String))),
         (status = 401, description = "Missing or unknown bearer token",
          body = Problem, content_type = "application/problem+json",
          headers(("WWW-Authenticate" = String), ("X-Request-Id" = String))),
-        (status = 404, description = "No such delivery for this caller",
+        (status = 404, description = "No such delivery for this caller (on this connection)",
          body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
         (status = 503, description = "The outbox cannot be read; retry after Retry-After",
          body = Problem, content_type = "application/problem+json",
@@ -105,6 +118,106 @@ fn create_ticket_doc() {}
 )]
 #[allow(dead_code)]
 fn get_delivery_doc() {}
+
+/// `PUT /connections/{connection_id}`'s body (documentation; the handler reads it strictly
+/// and lists every field error with its path).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ConnectionBody {
+    /// The account's subdomain (`https://{subdomain}.gorgias.com`); or `base_url`.
+    #[schema(pattern = r"^[a-z0-9_-]+$", max_length = 63)]
+    subdomain: Option<String>,
+    /// Only with `ALLOW_CUSTOM_BASE_URLS=true` (simulators, tests); refused (422) otherwise.
+    #[schema(format = "uri")]
+    base_url: Option<String>,
+    /// `{"type": "basic", "username", "api_key"}` or `{"type": "oauth2", "access_token",
+    /// "refresh_token", "expires_at"?}` (`expires_at`: Unix seconds or RFC 3339). Sealed at
+    /// rest (AES-256-GCM); never answered.
+    auth: serde_json::Value,
+    /// `40/20s`, `80/20s`, `off`; default 40/20 s (API key) or 80/20 s (OAuth2).
+    rate_limit: Option<String>,
+    /// A fixed ticket channel (skips the settings lookup).
+    ticket_channel: Option<String>,
+    /// `phone` or `api`.
+    message_channel: Option<String>,
+    /// An ISO 3166 region code for phone numbers.
+    phone_default_region: Option<String>,
+}
+
+/// Creates or replaces a connection.
+#[utoipa::path(put, path = "/connections/{connection_id}", tag = "connections",
+    operation_id = "putConnection",
+    summary = "Create or replace a connection (a Gorgias account and its credentials)",
+    params(("connection_id" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$")),
+    request_body(content = ConnectionBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = crate::connections::View),
+        (status = 200, description = "Replaced (its state is `unchecked` again)", body = crate::connections::View),
+        (status = 400, description = "Malformed JSON, wrong types, unknown or missing fields, a bad id",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Values break the rules (e.g. a base_url where not allowed)",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No database, or no CONNECTIONS_KEY", body = Problem,
+         content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn put_connection_doc() {}
+
+/// One connection.
+#[utoipa::path(get, path = "/connections/{connection_id}", tag = "connections",
+    operation_id = "getConnection", summary = "A connection and its state, without any secret",
+    params(("connection_id" = String, Path)),
+    responses(
+        (status = 200, description = "The connection", body = crate::connections::View),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn get_connection_doc() {}
+
+/// A page of connections.
+#[utoipa::path(get, path = "/connections", tag = "connections",
+    operation_id = "listConnections", summary = "Connections in id order, a page at a time",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Default 50"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+    responses(
+        (status = 200, description = "A page", body = crate::http::connections::ConnectionPage),
+        (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn list_connections_doc() {}
+
+/// Deletes a connection.
+#[utoipa::path(delete, path = "/connections/{connection_id}", tag = "connections",
+    operation_id = "deleteConnection", summary = "Delete a connection",
+    params(("connection_id" = String, Path),
+           ("force" = Option<bool>, Query, description = "Delete even with queued deliveries: \
+            they become `failed` with the problem `connection_deleted`")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Deliveries are queued for it (`connection_has_deliveries`)",
+         body = Problem, content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn delete_connection_doc() {}
+
+/// The preflight of one connection.
+#[utoipa::path(post, path = "/connections/{connection_id}/check", tag = "connections",
+    operation_id = "checkConnection",
+    summary = "The `check` preflight against that account (read-only, at most 4 calls)",
+    params(("connection_id" = String, Path)),
+    responses(
+        (status = 200, description = "`{ok, target, calls_spent, checks: [{name, status, detail}]}`",
+         content_type = "application/json"),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn check_connection_doc() {}
 
 /// Health endpoints (no token).
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -131,6 +244,11 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        // A bearer token from ADMIN_TOKENS: never a caller's.
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -142,15 +260,21 @@ impl Modify for BearerAuth {
         description = "Opens Gorgias support tickets for internal services.",
         license(name = "MIT", identifier = "MIT")
     ),
-    paths(create_ticket_doc, get_delivery_doc, healthz_doc, readyz_doc),
+    paths(
+        create_ticket_doc, get_delivery_doc, healthz_doc, readyz_doc, put_connection_doc,
+        get_connection_doc, list_connections_doc, delete_connection_doc, check_connection_doc
+    ),
     components(schemas(
         TicketRequest, CustomerIn, TicketIn, MessageIn, AttachmentIn,
         Ticket, Message, User, Assignee, Attachment, Tag, Problem,
         crate::http::tickets::AcceptedTicket, crate::outbox::DeliveryStatus,
-        crate::outbox::Status
+        crate::outbox::Status, ConnectionBody, crate::connections::View,
+        crate::connections::AuthView, crate::connections::LastError,
+        crate::connections::Status, crate::connections::Settings,
+        crate::http::connections::ConnectionPage
     )),
     modifiers(&BearerAuth),
-    tags((name = "tickets"), (name = "operations"))
+    tags((name = "tickets"), (name = "operations"), (name = "connections"))
 )]
 pub struct ApiDoc;
 
@@ -162,12 +286,17 @@ pub fn document() -> &'static str {
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
         let mut value = serde_json::to_value(&doc).unwrap_or_default();
         // utoipa renders an optional header as nullable; a header is absent, never null.
-        if let Some(params) = value
-            .pointer_mut("/paths/~1ticket/post/parameters")
-            .and_then(serde_json::Value::as_array_mut)
-        {
-            for p in params {
-                p["schema"]["type"] = serde_json::json!("string");
+        for path in [
+            "/paths/~1ticket/post/parameters",
+            "/paths/~1tickets~1{delivery_id}/get/parameters",
+        ] {
+            if let Some(params) = value
+                .pointer_mut(path)
+                .and_then(serde_json::Value::as_array_mut)
+            {
+                for p in params.iter_mut().filter(|p| p["in"] == "header") {
+                    p["schema"]["type"] = serde_json::json!("string");
+                }
             }
         }
         // The request schemas exactly as the validator uses them (with the rule across two

@@ -1,14 +1,15 @@
 //! `POST /ticket`: the one operation.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Router};
 
-use crate::callers::Caller;
+use super::route::Route;
+use crate::accounts::Account;
 use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, StoredAnswer};
@@ -29,7 +30,7 @@ pub(crate) const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 /// `Idempotency-Key`, the first final answer is stored and replayed to retries.
 async fn create_ticket(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
+    route: Route,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -52,23 +53,24 @@ async fn create_ticket(
             Some(k) => Some(valid_key(k)?),
             None => None,
         };
-        let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
         let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
-        let ticket = NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
+        let ticket =
+            NewTicket::parse_with(&value, &route.account.rules).map_err(ApiError::Invalid)?;
         // What is delivered is what was validated now, not the body re-read under whatever
         // rules hold when the delivery runs.
         let stored = StoredTicket::encode(&ticket).map_err(|_| ApiError::Internal)?;
         let fingerprint = idempotency::fingerprint_parsed(Some(&value), &body);
         let wait = wait.min(state.request_deadline);
-        return super::tickets::accept(outbox, &caller, key, &fingerprint, &stored, wait).await;
+        return super::tickets::accept(outbox, &route, key, &fingerprint, &stored, wait).await;
     }
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         // Without a key every request is its own logical ticket, with a fresh marker.
         let external_id = uuid::Uuid::new_v4().to_string();
         let work = {
             let state = state.clone();
+            let account = route.account;
             Box::pin(async move {
-                create(&state, parsed, &external_id, None)
+                create(&state, &account, parsed, &external_id, None)
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
             })
@@ -76,10 +78,9 @@ async fn create_ticket(
         return detached(&state, work).await;
     };
     let key = valid_key(key)?;
-    // Keys are scoped by caller: two services choosing the same key never share a record,
-    // nor a ticket.
-    let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
-    let key = format!("{}:{key}", caller.as_str());
+    // Keys are scoped by caller and connection: two services choosing the same key never
+    // share a record, nor a ticket, and neither does one key sent to two merchants.
+    let key = format!("{}:{key}", route.scope());
     let fingerprint = idempotency::fingerprint_parsed(parsed.as_ref().ok(), &body);
     let claim = state
         .idempotency
@@ -98,10 +99,11 @@ async fn create_ticket(
     let external_id = idempotency::external_id(&key, &fingerprint);
     let work = {
         let state = state.clone();
+        let account = route.account;
         Box::pin(async move {
             // The lease lives exactly as long as the work: renewed alongside it, gone with it.
             let resp = tokio::select! {
-                r = create(&state, parsed, &external_id, Some(&token)) => {
+                r = create(&state, &account, parsed, &external_id, Some(&token)) => {
                     r.unwrap_or_else(IntoResponse::into_response)
                 }
                 () = state.idempotency.keep_alive(&token) => {
@@ -228,16 +230,24 @@ impl Fence for KeyFence<'_> {
 /// key left behind (a create that may have landed, its settle window) is honoured.
 async fn create(
     state: &AppState,
+    account: &Account,
     parsed: Result<serde_json::Value, serde_json::Error>,
     external_id: &str,
     claim: Option<&idempotency::ClaimToken>,
 ) -> Result<Response, ApiError> {
     let value = parsed.map_err(|e| ApiError::MalformedJson(json_error(&e)))?;
-    let ticket = NewTicket::parse_with(&value, &state.rules).map_err(ApiError::Invalid)?;
+    let ticket = NewTicket::parse_with(&value, &account.rules).map_err(ApiError::Invalid)?;
     tracing::debug!(
         messages = ticket.messages.len(),
         "valid ticket request; creating it in Gorgias"
     );
+    // Credentials Gorgias refused are not tried again until replaced: the answer is at once,
+    // and spends none of the account's budget.
+    if let Some(id) = &account.connection
+        && account.needs_reconnect()
+    {
+        return Err(ApiError::NeedsReconnect(id.clone()));
+    }
     let deadline = super::deadline_after(state.request_deadline);
     let fence = claim.map(|claim| KeyFence {
         store: &state.idempotency,
@@ -255,11 +265,18 @@ async fn create(
     };
     let created = tokio::time::timeout_at(
         deadline + Duration::from_millis(250),
-        state.ticketing.create_ticket(&ticket, &attempt),
+        account.ticketing.create_ticket(&ticket, &attempt),
     )
     .await
-    .map_err(|_| ApiError::DeadlineExceeded)??;
-    Ok(created_response(&created))
+    .map_err(|_| ApiError::DeadlineExceeded)?;
+    state.accounts.observe_result(account, &created).await;
+    match (created, &account.connection) {
+        (Ok(created), _) => Ok(created_response(&created)),
+        (Err(e), Some(id)) if crate::accounts::is_refusal(&e) => {
+            Err(ApiError::NeedsReconnect(id.clone()))
+        }
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
 /// A typical created ticket's answer fits in this many bytes (the recorded one is under 5 KiB).

@@ -8,10 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::callers::Caller;
+use super::route::{Route, Scope};
 use crate::error::ApiError;
 use crate::outbox::{Accepted, Delivery, DeliveryStatus, Outbox, Status};
 use crate::state::AppState;
@@ -61,14 +61,21 @@ pub(crate) fn async_preference(headers: &HeaderMap) -> Option<Duration> {
 /// `wait` for its delivery, and answers 201 with the ticket or 202 with where to look.
 pub(crate) async fn accept(
     outbox: &Outbox,
-    caller: &Caller,
+    route: &Route,
     key: Option<&str>,
     fingerprint: &str,
     body: &[u8],
     wait: Duration,
 ) -> Result<Response, ApiError> {
+    let scope = route.scope();
     let accepted = outbox
-        .accept(caller.as_str(), key, fingerprint, body)
+        .accept(
+            &scope,
+            route.account.connection_column(),
+            key,
+            fingerprint,
+            body,
+        )
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "the outbox cannot be written");
@@ -82,7 +89,7 @@ pub(crate) async fn accept(
     let delivery = if wait.is_zero() || is_final(&delivery) {
         delivery
     } else {
-        wait_for(outbox, caller, delivery, wait).await
+        wait_for(outbox, &scope, delivery, wait).await
     };
     let mut resp = match (&delivery.status, &delivery.ticket) {
         (Status::Delivered, Some(ticket)) => {
@@ -132,19 +139,14 @@ fn status_url(id: &str) -> String {
 }
 
 /// Waits until the delivery is final or `wait` passes; the delivery as last seen.
-async fn wait_for(
-    outbox: &Outbox,
-    caller: &Caller,
-    mut last: Delivery,
-    wait: Duration,
-) -> Delivery {
+async fn wait_for(outbox: &Outbox, scope: &str, mut last: Delivery, wait: Duration) -> Delivery {
     let until = tokio::time::Instant::now() + wait;
     loop {
         // Registered before looking, so a delivery finishing in between still wakes us.
         let finished = outbox.finished();
         tokio::pin!(finished);
         finished.as_mut().enable();
-        match outbox.get(caller.as_str(), &last.id).await {
+        match outbox.get(scope, &last.id).await {
             Ok(Some(d)) if is_final(&d) => return d,
             Ok(Some(d)) => last = d,
             _ => return last,
@@ -154,7 +156,7 @@ async fn wait_for(
         let next_look = until.min(tokio::time::Instant::now() + Duration::from_millis(250));
         let _ = tokio::time::timeout_at(next_look, finished).await;
         if tokio::time::Instant::now() >= until {
-            return match outbox.get(caller.as_str(), &last.id).await {
+            return match outbox.get(scope, &last.id).await {
                 Ok(Some(d)) => d,
                 _ => last,
             };
@@ -166,13 +168,12 @@ async fn wait_for(
 /// synchronous request would have received.
 async fn status(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
+    Scope(scope): Scope,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryStatus>, ApiError> {
     let outbox = state.outbox.as_ref().ok_or(ApiError::NotFound)?;
-    let caller = caller.map_or_else(Caller::anonymous, |Extension(c)| c);
     let delivery = outbox
-        .get(caller.as_str(), &id)
+        .get(&scope, &id)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "the outbox cannot be read");

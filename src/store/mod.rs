@@ -1,5 +1,6 @@
 //! The service's durable state, one schema behind one trait: the outbox's deliveries, the
-//! idempotency records of synchronous requests and the marks that a create was attempted.
+//! idempotency records of synchronous requests and the marks that a create was attempted, and
+//! the stored connections (their secrets sealed).
 //!
 //! Two backends, one set of queries: an embedded SQLite file (one process owns it, see
 //! [`sqlite`]) and PostgreSQL (any number of replicas, see [`postgres`]). Every operation is
@@ -311,7 +312,8 @@ pub(crate) const TABLES: &[&str] = &[
         webhook TEXT,
         webhook_attempts BIGINT NOT NULL DEFAULT 0,
         webhook_next_at BIGINT,
-        owner TEXT
+        owner TEXT,
+        connection TEXT NOT NULL DEFAULT ''
     )",
     "CREATE TABLE IF NOT EXISTS heartbeat (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS idempotency (
@@ -327,6 +329,24 @@ pub(crate) const TABLES: &[&str] = &[
         body TEXT,
         expires_at BIGINT NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS connections (
+        id TEXT PRIMARY KEY,
+        base_url TEXT NOT NULL,
+        subdomain TEXT,
+        auth_type TEXT NOT NULL,
+        username TEXT,
+        secret TEXT NOT NULL,
+        refresh_secret TEXT,
+        expires_at BIGINT,
+        settings TEXT NOT NULL,
+        status TEXT NOT NULL,
+        last_ok_at BIGINT,
+        last_error TEXT,
+        last_error_at BIGINT,
+        version BIGINT NOT NULL DEFAULT 1,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
 ];
 
 /// The schema's indexes, created after the columns they name exist.
@@ -336,6 +356,7 @@ pub(crate) const INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_attempt_at, seq)",
     "CREATE INDEX IF NOT EXISTS deliveries_webhooks ON deliveries(webhook, webhook_next_at, seq)",
     "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_by_connection ON deliveries(connection, status)",
 ];
 
 /// Columns added to `deliveries` after its first version, for databases created by it: each
@@ -346,6 +367,7 @@ pub(crate) const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("webhook_attempts", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook_next_at", "BIGINT"),
     ("owner", "TEXT"),
+    ("connection", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// Fills the dialect's tokens for one backend.

@@ -208,12 +208,18 @@ async fn a_caller_sees_only_its_own_deliveries() {
 }
 
 #[tokio::test]
-async fn a_refusal_that_will_not_change_fails_with_the_synchronous_problem() {
+async fn refused_credentials_make_deliveries_wait_then_fail_at_max_age_with_the_synchronous_problem()
+ {
+    // #20: a key refused (401) is not the ticket's fault. The delivery waits for new
+    // credentials, retrying, and fails only once DELIVERY_MAX_AGE has passed. (Before, the
+    // first refusal failed it at once, so a key rotated a minute early lost the backlog.)
     let app = spawn_app_with(sim_config(), |c| {
         c.ticketing.channel_override = Some("phone".into());
+        c.delivery.base_backoff = Duration::from_millis(100);
+        c.delivery.max_backoff = Duration::from_millis(300);
+        c.delivery.max_age = Duration::from_secs(3);
     })
     .await;
-    // Gorgias refuses our credentials: a 401 will not change by retrying.
     app.sim.set_credentials(gorgias_sim::Credentials {
         username: "someone-else@example.com".into(),
         api_key: "rotated".into(),
@@ -230,9 +236,27 @@ async fn a_refusal_that_will_not_change_fails_with_the_synchronous_problem() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Still waiting after several refusals.
+    let start = Instant::now();
+    loop {
+        let doc: Value = get_json(&app.http, &format!("{}{url}", app.address)).await;
+        assert_ne!(
+            doc["status"], "failed",
+            "failed before DELIVERY_MAX_AGE: {doc}"
+        );
+        if doc["attempts"].as_u64().unwrap() >= 3 {
+            assert_eq!(doc["status"], "queued", "{doc}");
+            assert_eq!(doc["problem"]["code"], "upstream_auth", "{doc}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "not retried: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let doc = until_final(&app.http, &app.address, &url, Duration::from_secs(10)).await;
     assert_eq!(doc["status"], "failed", "{doc}");
-    assert_eq!(doc["attempts"], 1, "a refusal is not retried");
     assert_eq!(doc["problem"]["code"], "upstream_auth");
     assert_eq!(doc["problem"]["code"], sync_problem["code"]);
     assert_eq!(doc["problem"]["status"], 502);
@@ -448,6 +472,8 @@ async fn webhooks_are_signed_retried_and_verifiable_by_the_receiver() {
     let app = spawn_app_with(sim_config(), |c| {
         c.webhook = Some((hook.parse().unwrap(), SecretString::from(SECRET)));
         c.delivery.base_backoff = Duration::from_millis(200);
+        // Refused credentials make a delivery wait (#20) until this age, then fail.
+        c.delivery.max_age = Duration::from_secs(3);
     })
     .await;
     let ok = post_async(&app.http, &app.address, &example(), "respond-async")
@@ -457,7 +483,7 @@ async fn webhooks_are_signed_retried_and_verifiable_by_the_receiver() {
         .json::<Value>()
         .await
         .unwrap();
-    // The second one is refused by Gorgias (credentials): ticket.failed.
+    // The second one is refused by Gorgias (credentials) until its max age: ticket.failed.
     until_final(
         &app.http,
         &app.address,

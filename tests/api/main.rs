@@ -8,6 +8,7 @@ mod asynchronous;
 mod binaries;
 mod budget;
 mod check;
+mod connections;
 mod customers;
 mod exactly_once;
 mod fidelity;

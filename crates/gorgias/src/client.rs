@@ -142,7 +142,10 @@ pub struct GorgiasClient {
     last_success: Arc<AtomicU64>,
 }
 
-/// The HTTP connection pools: one per thread that calls.
+/// The HTTP connection pools: one per thread that calls, shared by every client built with
+/// them ([`GorgiasClient::with_pools`]). Credentials travel as a header on each call, so one
+/// pool per host serves any number of accounts: a deployment with 2,000 connections keeps one
+/// set of pools, not 2,000.
 ///
 /// A pooled connection is driven by a task on the runtime that opened it. A server that runs a
 /// single-threaded runtime per core (as the service does) would otherwise send each call over a
@@ -150,7 +153,7 @@ pub struct GorgiasClient {
 /// back. With a pool per thread, a call and its connection stay on one thread. Clones share the
 /// pools. More connections are open at once (at most one set per calling thread).
 #[derive(Clone)]
-struct HttpPools {
+pub struct HttpPools {
     /// Which client's pools these are, in each thread's list.
     id: u64,
     connect_timeout: Duration,
@@ -176,7 +179,11 @@ impl HttpPools {
     /// over, as in tests, ever reach it).
     const PER_THREAD: usize = 8;
 
-    fn new(connect_timeout: Duration) -> Result<Self, BuildError> {
+    /// Pools whose connections time out connecting after `connect_timeout`.
+    ///
+    /// # Errors
+    /// When the TLS stack cannot start.
+    pub fn new(connect_timeout: Duration) -> Result<Self, BuildError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -286,11 +293,21 @@ impl GorgiasClient {
     /// # Errors
     /// When the credentials cannot form a header value or the TLS stack cannot start.
     pub fn new(settings: ClientSettings) -> Result<Self, BuildError> {
+        let http = HttpPools::new(settings.attempt_timeout.min(Duration::from_secs(5)))?;
+        Self::with_pools(settings, &http)
+    }
+
+    /// Builds the client over pools shared with other clients (other accounts): building it
+    /// opens nothing, so a client per account costs a few hundred bytes.
+    ///
+    /// # Errors
+    /// When the credentials cannot form a header value.
+    pub fn with_pools(settings: ClientSettings, http: &HttpPools) -> Result<Self, BuildError> {
         let auth = settings
             .auth
             .header()
             .map_err(|_| BuildError::Credentials)?;
-        let http = HttpPools::new(settings.attempt_timeout.min(Duration::from_secs(5)))?;
+        let http = http.clone();
         let mut base_url = settings.base_url;
         if !base_url.path().ends_with('/') {
             let path = format!("{}/", base_url.path());
@@ -326,6 +343,13 @@ impl GorgiasClient {
     /// [`Pacer::budget`] for what it should enforce).
     pub fn share_pacing(mut self, backend: Arc<dyn SharedBudget>) -> Self {
         self.pacer = std::mem::take(&mut self.pacer).shared(backend);
+        self
+    }
+
+    /// Paces this client's calls with `pacer`: clients of several connections to one Gorgias
+    /// account share that account's one budget.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = pacer;
         self
     }
 

@@ -32,7 +32,7 @@ mod pacing;
 mod probe;
 
 pub use client::{
-    Auth, ClientSettings, GorgiasClient, RetryPolicy, in_background, parse_retry_after,
+    Auth, ClientSettings, GorgiasClient, HttpPools, RetryPolicy, in_background, parse_retry_after,
 };
 pub use error::{BuildError, GorgiasError};
 pub use models::{
