@@ -77,6 +77,10 @@ pub struct AccountInner {
     needs_reconnect: AtomicBool,
     /// When its success was last written (Unix ms).
     last_ok_write: AtomicU64,
+    /// The version of the stored row it was built from (0: the default account).
+    version: i64,
+    /// Whether its credentials are OAuth2 tokens (refreshed on expiry and on a 401).
+    oauth: bool,
 }
 
 impl std::ops::Deref for Account {
@@ -107,6 +111,11 @@ impl Account {
     /// Whether Gorgias refused this connection's credentials (a new `PUT` clears it).
     pub fn needs_reconnect(&self) -> bool {
         self.needs_reconnect.load(Ordering::Relaxed)
+    }
+
+    /// Whether its credentials are OAuth2 tokens that can be refreshed.
+    pub fn is_oauth(&self) -> bool {
+        self.oauth
     }
 
     fn set_needs_reconnect(&self, yes: bool) {
@@ -140,6 +149,13 @@ pub enum AccountError {
     /// The database holding the connections cannot be read.
     #[error("the connections cannot be read")]
     Unavailable,
+    /// Gorgias refused the connection's refresh token (`invalid_grant`) or credentials: a
+    /// person must reconnect it.
+    #[error(
+        "Gorgias refused the credentials of connection {0}; it needs reconnecting (PUT \
+         /connections/{0} with new credentials)"
+    )]
+    NeedsReconnect(ConnectionId),
 }
 
 /// Builds account handles: the parts every account shares (HTTP pools, Redis, the per-account
@@ -224,6 +240,8 @@ impl AccountFactory {
             rules,
             needs_reconnect: AtomicBool::new(false),
             last_ok_write: AtomicU64::new(0),
+            version: 0,
+            oauth: false,
         })))
     }
 
@@ -300,12 +318,25 @@ struct Registry {
     default: Option<Account>,
     factory: AccountFactory,
     stored: Option<Stored>,
+    oauth: Option<OAuth>,
+}
+
+/// The OAuth2 app the deployment is (`OAUTH_CLIENT_ID` …), and a client for the token
+/// endpoint.
+pub struct OAuth {
+    /// The app.
+    pub client: gorgias::OAuthClient,
+    /// For the token endpoint (not the API's pools: these calls are rare and unpaced).
+    pub http: reqwest::Client,
 }
 
 struct Stored {
     connections: Connections,
     keys: Option<Arc<Keyring>>,
     cache: moka::future::Cache<ConnectionId, Cached>,
+    /// Refreshes in flight, by connection and the version they replace: concurrent callers
+    /// of one connection share one refresh.
+    refreshes: moka::future::Cache<(ConnectionId, i64), Account>,
 }
 
 /// A cached handle and what it was built from.
@@ -313,8 +344,12 @@ struct Stored {
 struct Cached {
     account: Account,
     version: i64,
-    /// When the version was last read (ms since the registry's epoch).
+    /// When the version was last read (Unix ms).
     checked: Arc<AtomicU64>,
+    /// When its access token should be refreshed (Unix ms), for OAuth2.
+    refresh_at: Option<u64>,
+    /// When its access token expires (Unix ms), for OAuth2.
+    expires_at: Option<u64>,
 }
 
 /// Handles kept at most: more connections in use than this are rebuilt as they come back.
@@ -333,6 +368,7 @@ impl Accounts {
         factory: AccountFactory,
         connections: Option<Connections>,
         keys: Option<Arc<Keyring>>,
+        oauth: Option<OAuth>,
     ) -> Self {
         let stored = connections.map(|connections| Stored {
             connections,
@@ -342,12 +378,22 @@ impl Accounts {
                 // A handle unused this long is dropped (its caches with it).
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
+            refreshes: moka::future::Cache::builder()
+                .max_capacity(CACHED_HANDLES)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
         });
         Self(Arc::new(Registry {
             default,
             factory,
             stored,
+            oauth,
         }))
+    }
+
+    /// The OAuth2 app, when configured.
+    pub fn oauth(&self) -> Option<&OAuth> {
+        self.0.oauth.as_ref()
     }
 
     /// The default account from `GORGIAS_*`, when the deployment has one.
@@ -427,11 +473,34 @@ impl Accounts {
     }
 
     async fn stored(&self, id: &ConnectionId) -> Result<Account, AccountError> {
+        let cached = self.cached(id).await?;
+        let now = now_ms();
+        match cached.refresh_at {
+            Some(at) if now >= at && !cached.account.needs_reconnect() => {
+                match self.refresh_from(id, cached.version).await {
+                    Ok(account) => Ok(account),
+                    // Refused: the handle, marked; sync requests are answered 503 and
+                    // deliveries wait.
+                    Err(AccountError::NeedsReconnect(_)) => {
+                        cached.account.set_needs_reconnect(true);
+                        Ok(cached.account)
+                    }
+                    // Failed for now: the old token serves while it lasts.
+                    Err(e) if cached.expires_at.is_none_or(|exp| now >= exp) => Err(e),
+                    Err(_) => Ok(cached.account),
+                }
+            }
+            _ => Ok(cached.account),
+        }
+    }
+
+    /// The cached handle of a stored connection, revalidated against its row's version.
+    async fn cached(&self, id: &ConnectionId) -> Result<Cached, AccountError> {
         let stored = self.0.stored.as_ref().ok_or(AccountError::Unknown)?;
         if let Some(cached) = stored.cache.get(id).await {
             let checked = cached.checked.load(Ordering::Relaxed);
             if now_ms().saturating_sub(checked) < ms(REVALIDATE_AFTER) {
-                return Ok(cached.account);
+                return Ok(cached);
             }
             match stored.connections.version(id).await {
                 Ok(Some((version, status))) if version == cached.version => {
@@ -439,24 +508,146 @@ impl Accounts {
                     cached
                         .account
                         .set_needs_reconnect(status == Status::NeedsReconnect);
-                    return Ok(cached.account);
+                    return Ok(cached);
                 }
                 Ok(_) => stored.cache.invalidate(id).await,
                 Err(e) => {
                     // The database is down: the handle last built still serves.
                     tracing::warn!(error = %e, "could not revalidate a connection");
-                    return Ok(cached.account);
+                    return Ok(cached);
                 }
             }
         }
-        let loaded = stored
+        stored
             .cache
             .try_get_with(id.clone(), self.load(stored, id))
-            .await;
-        match loaded {
-            Ok(cached) => Ok(cached.account),
-            Err(e) => Err((*e).clone()),
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// After Gorgias answered 401 to `account`'s access token: a refreshed handle (one
+    /// refresh per connection, across threads and replicas; a replica that finds the row
+    /// already refreshed uses that).
+    ///
+    /// # Errors
+    /// [`AccountError::NeedsReconnect`] when the refresh is refused, or another
+    /// [`AccountError`] when it cannot be done now.
+    pub async fn refresh(&self, account: &Account) -> Result<Account, AccountError> {
+        let id = account.connection.as_ref().ok_or(AccountError::Unknown)?;
+        self.refresh_from(id, account.version).await
+    }
+
+    async fn refresh_from(&self, id: &ConnectionId, stale: i64) -> Result<Account, AccountError> {
+        let stored = self.0.stored.as_ref().ok_or(AccountError::Unknown)?;
+        stored
+            .refreshes
+            .try_get_with((id.clone(), stale), self.refresh_once(stored, id, stale))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// One refresh: take the row's refresh lock (or wait for whoever holds it), call the
+    /// token endpoint, store what it answers.
+    async fn refresh_once(
+        &self,
+        stored: &Stored,
+        id: &ConnectionId,
+        stale: i64,
+    ) -> Result<Account, AccountError> {
+        let unavailable = |e: crate::connections::ConnectionsError| {
+            tracing::warn!(connection_id = %id, error = %e, "a token refresh could not be done");
+            AccountError::Unavailable
+        };
+        let keys = stored.keys.as_ref().ok_or(AccountError::Unavailable)?;
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        let record = loop {
+            let record = stored
+                .connections
+                .get(id)
+                .await
+                .map_err(unavailable)?
+                .ok_or(AccountError::Unknown)?;
+            if record.version != stale {
+                // Refreshed (or replaced) elsewhere meanwhile: use that.
+                return self.reload(stored, id).await;
+            }
+            if record.status == Status::NeedsReconnect {
+                return Err(AccountError::NeedsReconnect(id.clone()));
+            }
+            if stored
+                .connections
+                .lock_refresh(id, stale, &owner)
+                .await
+                .map_err(unavailable)?
+            {
+                break record;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(AccountError::Unavailable);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let outcome = match &self.0.oauth {
+            None => Err(gorgias::TokenError::Refused(
+                "OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET are not set, so tokens cannot be \
+                 refreshed"
+                    .into(),
+            )),
+            Some(oauth) => match (record.target(keys), record.refresh_token(keys)) {
+                (Ok((base_url, _)), Ok(refresh)) => {
+                    oauth.client.refresh(&oauth.http, &base_url, &refresh).await
+                }
+                _ => Err(gorgias::TokenError::Failed(
+                    "a stored secret cannot be opened".into(),
+                )),
+            },
+        };
+        match outcome {
+            Ok(tokens) => {
+                crate::metrics::token_refresh("refreshed");
+                let stored_ok = stored
+                    .connections
+                    .store_refreshed(id, &owner, &tokens, keys)
+                    .await
+                    .map_err(unavailable)?;
+                if !stored_ok {
+                    tracing::warn!(connection_id = %id, "a refresh lock lapsed before its tokens were stored");
+                }
+                tracing::info!(connection_id = %id, "access token refreshed");
+                self.reload(stored, id).await
+            }
+            Err(e) => {
+                let _ = stored.connections.unlock_refresh(id, &owner).await;
+                match e {
+                    gorgias::TokenError::Refused(why) => {
+                        crate::metrics::token_refresh("refused");
+                        tracing::warn!(connection_id = %id, "Gorgias refused a refresh; the connection needs reconnecting");
+                        let _ = stored
+                            .connections
+                            .record_refusal(id, stale, &format!("oauth_refresh_refused: {why}"))
+                            .await;
+                        stored.cache.invalidate(id).await;
+                        Err(AccountError::NeedsReconnect(id.clone()))
+                    }
+                    gorgias::TokenError::Failed(why) => {
+                        crate::metrics::token_refresh("failed");
+                        let _ = stored
+                            .connections
+                            .record_error(id, &format!("oauth_refresh_failed: {why}"))
+                            .await;
+                        Err(AccountError::Unavailable)
+                    }
+                }
+            }
         }
+    }
+
+    /// Builds the handle from the row as it is now, and caches it.
+    async fn reload(&self, stored: &Stored, id: &ConnectionId) -> Result<Account, AccountError> {
+        let cached = self.load(stored, id).await?;
+        stored.cache.insert(id.clone(), cached.clone()).await;
+        Ok(cached.account)
     }
 
     async fn load(&self, stored: &Stored, id: &ConnectionId) -> Result<Cached, AccountError> {
@@ -481,12 +672,64 @@ impl Accounts {
                 &record.settings.overrides(),
             )
             .map_err(|_| AccountError::Unavailable)?;
-        account.set_needs_reconnect(record.status == Status::NeedsReconnect);
+        // Just built, so this is the only handle on it.
+        let mut inner = Arc::into_inner(account.0).ok_or(AccountError::Unavailable)?;
+        inner.version = record.version;
+        inner.oauth = record.auth_type == "oauth2";
+        inner.needs_reconnect = AtomicBool::new(record.status == Status::NeedsReconnect);
         Ok(Cached {
-            account,
+            account: Account(Arc::new(inner)),
             version: record.version,
             checked: Arc::new(AtomicU64::new(now_ms())),
+            refresh_at: record.refresh_at(),
+            expires_at: record.expires_at,
         })
+    }
+
+    /// Creates the ticket through `account`, the one way requests and deliveries do. An
+    /// OAuth2 access token Gorgias refuses (401) is refreshed once and the attempt made again
+    /// (safe: a refused call created nothing). What the attempt showed about the connection is
+    /// recorded.
+    ///
+    /// # Errors
+    /// [`CreateError`].
+    pub async fn create_ticket(
+        &self,
+        account: &Account,
+        ticket: &crate::domain::NewTicket,
+        attempt: &crate::ticketing::Attempt<'_>,
+    ) -> Result<crate::output::Ticket, CreateError> {
+        if let Some(id) = &account.connection
+            && account.needs_reconnect()
+        {
+            return Err(CreateError::NeedsReconnect(id.clone()));
+        }
+        let mut account = account.clone();
+        let mut created = account.ticketing.create_ticket(ticket, attempt).await;
+        if account.is_oauth()
+            && let Err(crate::ticketing::TicketingError::Gorgias(gorgias::GorgiasError::Rejected {
+                status: 401,
+                ..
+            })) = &created
+        {
+            match self.refresh(&account).await {
+                Ok(fresh) => {
+                    account = fresh;
+                    created = account.ticketing.create_ticket(ticket, attempt).await;
+                }
+                Err(AccountError::NeedsReconnect(id)) => {
+                    return Err(CreateError::NeedsReconnect(id));
+                }
+                // Not refreshed now: the 401 stands, and is handled as any refusal.
+                Err(_) => {}
+            }
+        }
+        self.observe_result(&account, &created).await;
+        match (created, &account.connection) {
+            (Ok(t), _) => Ok(t),
+            (Err(e), Some(id)) if is_refusal(&e) => Err(CreateError::NeedsReconnect(id.clone())),
+            (Err(e), _) => Err(CreateError::Ticketing(e)),
+        }
     }
 
     /// Records what a ticket attempt through `account` showed about its connection: success
@@ -566,6 +809,15 @@ fn shows_refusal(e: &crate::ticketing::TicketingError) -> bool {
                 ..
             }
         )
+}
+
+/// Why [`Accounts::create_ticket`] made no ticket.
+#[derive(Debug)]
+pub enum CreateError {
+    /// The use case failed (Gorgias, mapping, an unknown outcome).
+    Ticketing(crate::ticketing::TicketingError),
+    /// Gorgias refused the stored connection's credentials (or its refresh token).
+    NeedsReconnect(ConnectionId),
 }
 
 /// What a Gorgias call showed about a connection.

@@ -67,6 +67,8 @@ pub struct Config {
     pub connections_key_previous: Option<SecretString>,
     /// Whether a connection may name any `base_url` (simulators, tests), not only a subdomain.
     pub allow_custom_base_urls: bool,
+    /// The OAuth2 app connections are installed and refreshed with.
+    pub oauth: Option<gorgias::OAuthClient>,
 }
 
 impl Config {
@@ -109,6 +111,7 @@ impl Config {
             connections_key: None,
             connections_key_previous: None,
             allow_custom_base_urls: false,
+            oauth: None,
         }
     }
 }
@@ -239,6 +242,17 @@ pub struct Cli {
     /// The key before a rotation: still opens secrets until `connections rekey` has run.
     #[arg(long, env = "CONNECTIONS_KEY_PREVIOUS", hide_env_values = true)]
     pub connections_key_previous: Option<String>,
+    /// The OAuth2 app's client id (Gorgias developer portal): installs connections with
+    /// `/oauth/authorize` and refreshes their tokens.
+    #[arg(long, env = "OAUTH_CLIENT_ID")]
+    pub oauth_client_id: Option<String>,
+    /// The OAuth2 app's client secret.
+    #[arg(long, env = "OAUTH_CLIENT_SECRET", hide_env_values = true)]
+    pub oauth_client_secret: Option<String>,
+    /// Where Gorgias sends the merchant back: this service's `/oauth/callback`, as the
+    /// outside world reaches it (registered with the app).
+    #[arg(long, env = "OAUTH_REDIRECT_URL")]
+    pub oauth_redirect_url: Option<Url>,
     /// Let a connection name any `base_url` (simulators, tests) instead of a subdomain only.
     #[arg(long, env = "ALLOW_CUSTOM_BASE_URLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_custom_base_urls: bool,
@@ -529,6 +543,25 @@ impl Cli {
             }
         }
         config.allow_custom_base_urls = self.allow_custom_base_urls;
+        config.oauth = match (
+            self.oauth_client_id.filter(|v| !v.trim().is_empty()),
+            self.oauth_client_secret.filter(|v| !v.trim().is_empty()),
+            self.oauth_redirect_url,
+        ) {
+            (None, None, None) => None,
+            (Some(client_id), Some(secret), Some(redirect_url)) => Some(gorgias::OAuthClient {
+                client_id,
+                client_secret: SecretString::from(secret),
+                redirect_url,
+            }),
+            _ => {
+                return Err(invalid(
+                    "OAUTH_CLIENT_ID",
+                    "OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_REDIRECT_URL go together: \
+                     set all three, or none",
+                ));
+            }
+        };
         // Named entries (`name:token`) are checked now, so a typo stops the start-up rather
         // than silently refusing that caller.
         crate::callers::InboundAuth::parse(&config.api_tokens)

@@ -163,58 +163,7 @@ pub fn parse_spec(body: &Value, allow_base_url: bool) -> Result<Spec, Validation
     unknown_fields(&mut errors, obj, "", &FIELDS);
     let subdomain = text(&mut errors, obj, "", "subdomain");
     let base_url = text(&mut errors, obj, "", "base_url");
-    let target = match (subdomain, base_url) {
-        (Some(_), Some(_)) => {
-            rule(
-                &mut errors,
-                "base_url",
-                "give subdomain or base_url, not both",
-            );
-            None
-        }
-        (Some(s), None) => {
-            let ok = !s.is_empty()
-                && s.len() <= 63
-                && s.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-            if ok {
-                Url::parse(&format!("https://{s}.gorgias.com/"))
-                    .ok()
-                    .map(|u| (u, Some(s.to_owned())))
-            } else {
-                rule(
-                    &mut errors,
-                    "subdomain",
-                    "must match ^[a-z0-9_-]+$ (the account's name in https://{subdomain}.gorgias.com)",
-                );
-                None
-            }
-        }
-        (None, Some(u)) if !allow_base_url => {
-            let _ = u;
-            rule(
-                &mut errors,
-                "base_url",
-                "custom base URLs are not allowed in this deployment (ALLOW_CUSTOM_BASE_URLS); \
-                 give the subdomain",
-            );
-            None
-        }
-        (None, Some(u)) => match Url::parse(u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                Some((url, None))
-            }
-            _ => {
-                rule(&mut errors, "base_url", "must be an http(s) URL");
-                None
-            }
-        },
-        (None, None) => {
-            errors.shape("subdomain", "is required (or base_url where allowed)");
-            None
-        }
-    };
+    let target = parse_target(&mut errors, subdomain, base_url, allow_base_url);
     let auth = parse_auth(&mut errors, obj.get("auth"));
     let settings = Settings {
         rate_limit: text(&mut errors, obj, "", "rate_limit").map(str::to_owned),
@@ -254,6 +203,64 @@ pub fn parse_spec(body: &Value, allow_base_url: bool) -> Result<Spec, Validation
             settings,
         }),
         _ => Err(errors),
+    }
+}
+
+/// Where a connection's account is: `https://{subdomain}.gorgias.com/`, or a `base_url` when
+/// the deployment allows custom ones. The one rule for `PUT /connections` and the OAuth2
+/// install alike.
+pub fn parse_target(
+    errors: &mut ValidationErrors,
+    subdomain: Option<&str>,
+    base_url: Option<&str>,
+    allow_base_url: bool,
+) -> Option<(Url, Option<String>)> {
+    match (subdomain, base_url) {
+        (Some(_), Some(_)) => {
+            rule(errors, "base_url", "give subdomain or base_url, not both");
+            None
+        }
+        (Some(s), None) => {
+            let ok = !s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if ok {
+                Url::parse(&format!("https://{s}.gorgias.com/"))
+                    .ok()
+                    .map(|u| (u, Some(s.to_owned())))
+            } else {
+                rule(
+                    errors,
+                    "subdomain",
+                    "must match ^[a-z0-9_-]+$ (the account's name in https://{subdomain}.gorgias.com)",
+                );
+                None
+            }
+        }
+        (None, Some(_)) if !allow_base_url => {
+            rule(
+                errors,
+                "base_url",
+                "custom base URLs are not allowed in this deployment (ALLOW_CUSTOM_BASE_URLS); \
+                 give the subdomain",
+            );
+            None
+        }
+        (None, Some(u)) => match Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some((url, None))
+            }
+            _ => {
+                rule(errors, "base_url", "must be an http(s) URL");
+                None
+            }
+        },
+        (None, None) => {
+            errors.shape("subdomain", "is required (or base_url where allowed)");
+            None
+        }
     }
 }
 
@@ -447,6 +454,28 @@ impl Record {
             created_at: row.uint(14),
             updated_at: row.uint(15),
         })
+    }
+
+    /// The refresh token, opened (OAuth2 connections).
+    ///
+    /// # Errors
+    /// When there is none, or it does not open.
+    pub fn refresh_token(&self, keys: &Keyring) -> Result<SecretString, SecretError> {
+        let sealed = self.refresh_secret.as_deref().ok_or(SecretError::Corrupt)?;
+        keys.open(self.id.as_str(), REFRESH_FIELD, sealed)
+    }
+
+    /// When its access token should be refreshed (Unix ms): before it expires, by a margin of
+    /// a third of its lifetime, at most 15 minutes (Nango refreshes 15 minutes ahead; a token
+    /// living seconds, as in tests, gets a margin to match).
+    pub fn refresh_at(&self) -> Option<u64> {
+        if self.auth_type != "oauth2" {
+            return None;
+        }
+        let expires = self.expires_at?;
+        let lifetime = expires.saturating_sub(self.updated_at);
+        let margin = (lifetime / 3).min(15 * 60 * 1000);
+        Some(expires.saturating_sub(margin))
     }
 
     /// The credentials, opened.
@@ -829,6 +858,151 @@ impl Connections {
             )
             .await?;
         Ok(())
+    }
+
+    /// Takes the right to refresh a connection's tokens, across replicas, for 15 s: only
+    /// while its row is still at `version` and nobody else holds it. `Ok(false)`: another
+    /// worker holds it (or refreshed already).
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn lock_refresh(
+        &self,
+        id: &ConnectionId,
+        version: i64,
+        owner: &str,
+    ) -> Result<bool, ConnectionsError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE connections SET refresh_lock_until = {now} + 15000, refresh_owner = $3 \
+                 WHERE id = $1 AND version = $2 \
+                 AND (refresh_lock_until IS NULL OR refresh_lock_until < {now})",
+                vec![id.as_str().into(), version.into(), owner.into()],
+            )
+            .await?
+            == 1)
+    }
+
+    /// Stores refreshed tokens (sealed) and releases the refresh lock `owner` holds; keeps the
+    /// old refresh token when Gorgias returned none. `Ok(false)`: the lock was lost.
+    ///
+    /// # Errors
+    /// When the database cannot be written or a secret cannot be sealed.
+    pub async fn store_refreshed(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        tokens: &gorgias::Tokens,
+        keys: &Keyring,
+    ) -> Result<bool, ConnectionsError> {
+        let access = keys.seal(
+            id.as_str(),
+            SECRET_FIELD,
+            tokens.access_token.expose_secret(),
+        )?;
+        let refresh = match &tokens.refresh_token {
+            Some(r) => Some(keys.seal(id.as_str(), REFRESH_FIELD, r.expose_secret())?),
+            None => None,
+        };
+        let expires_at = tokens
+            .expires_in
+            .map(|d| crate::outbox::now_ms().saturating_add(crate::outbox::ms(d)));
+        Ok(self
+            .store
+            .execute(
+                "UPDATE connections SET secret = $3, \
+                 refresh_secret = COALESCE($4, refresh_secret), expires_at = $5, \
+                 status = 'ok', last_error = NULL, last_error_at = NULL, \
+                 version = version + 1, updated_at = {now}, \
+                 refresh_lock_until = NULL, refresh_owner = NULL \
+                 WHERE id = $1 AND refresh_owner = $2",
+                vec![
+                    id.as_str().into(),
+                    owner.into(),
+                    access.into(),
+                    refresh.into(),
+                    expires_at.into(),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// Releases a refresh lock without new tokens.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn unlock_refresh(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+    ) -> Result<(), ConnectionsError> {
+        self.store
+            .execute(
+                "UPDATE connections SET refresh_lock_until = NULL, refresh_owner = NULL \
+                 WHERE id = $1 AND refresh_owner = $2",
+                vec![id.as_str().into(), owner.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Remembers an OAuth2 install's `state` until `ttl` passes.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn put_state(
+        &self,
+        state: &str,
+        id: &ConnectionId,
+        base_url: &Url,
+        subdomain: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), ConnectionsError> {
+        // Lapsed states go as new ones come: the table holds only installs in progress.
+        self.store
+            .execute("DELETE FROM oauth_states WHERE expires_at < {now}", vec![])
+            .await?;
+        self.store
+            .execute(
+                "INSERT INTO oauth_states (state, connection_id, base_url, subdomain, expires_at) \
+                 VALUES ($1, $2, $3, $4, {now} + $5)",
+                vec![
+                    state.into(),
+                    id.as_str().into(),
+                    base_url.as_str().into(),
+                    subdomain.map(str::to_owned).into(),
+                    crate::outbox::ms(ttl).into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes an install's `state`, once: the connection and account it was for, when it is
+    /// known and has not lapsed. A second call with the same state finds nothing.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn take_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<(ConnectionId, Url, Option<String>)>, ConnectionsError> {
+        let row = self
+            .store
+            .query_opt(
+                "DELETE FROM oauth_states WHERE state = $1 \
+                 RETURNING connection_id, base_url, subdomain, expires_at, {now}",
+                vec![state.into()],
+            )
+            .await?;
+        Ok(row.and_then(|r| {
+            let live = r.int(3) > r.int(4);
+            let id = ConnectionId::parse(&r.text(0))?;
+            let url = Url::parse(&r.text(1)).ok()?;
+            live.then_some((id, url, r.opt_text(2)))
+        }))
     }
 
     /// How many connections are stored, and how many of their secrets no key in `keys` (or,

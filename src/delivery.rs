@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::accounts::AccountError;
+use crate::accounts::{AccountError, CreateError};
 use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::outbox::{Claimed, DeliverySettings, Outbox, Status};
@@ -255,13 +255,6 @@ async fn create(
             AccountError::Unknown => (ApiError::ConnectionDeleted, true),
             e => (ApiError::Account(e), false),
         })?;
-    // Refused credentials wait for new ones (a `PUT`), until DELIVERY_MAX_AGE: the backlog of
-    // a key rotated a minute early is delivered, not failed.
-    if let Some(id) = &account.connection
-        && account.needs_reconnect()
-    {
-        return Err((ApiError::NeedsReconnect(id.clone()), false));
-    }
     // The ticket as validated at acceptance. Rows accepted before the stored form existed
     // hold the caller's body, validated again here.
     let ticket = match StoredTicket::decode(&claimed.request) {
@@ -286,19 +279,17 @@ async fn create(
         wait_in_attempt: false,
         fence: &fence,
     };
-    let created = gorgias::in_background(account.ticketing.create_ticket(&ticket, &attempt)).await;
-    state.accounts.observe_result(&account, &created).await;
+    let created =
+        gorgias::in_background(state.accounts.create_ticket(&account, &ticket, &attempt)).await;
     match created {
         Ok(t) => Ok(t),
-        // Refused credentials are not the ticket's fault: it waits for them to be replaced.
-        Err(e) if crate::accounts::is_refusal(&e) => Err((
-            account
-                .connection
-                .clone()
-                .map_or(ApiError::Upstream(e), ApiError::NeedsReconnect),
-            false,
-        )),
-        Err(e) => {
+        // Refused credentials wait for new ones (a `PUT`, a refresh), until DELIVERY_MAX_AGE:
+        // the backlog of a key rotated a minute early is delivered, not failed.
+        Err(CreateError::NeedsReconnect(id)) => Err((ApiError::NeedsReconnect(id), false)),
+        Err(CreateError::Ticketing(e)) if crate::accounts::is_refusal(&e) => {
+            Err((ApiError::Upstream(e), false))
+        }
+        Err(CreateError::Ticketing(e)) => {
             let permanent = matches!(
                 e,
                 TicketingError::Gorgias(GorgiasError::Rejected { status, .. }) if status != 409

@@ -90,6 +90,18 @@ pub enum ApiError {
     /// 503: the admin API cannot store connections in this deployment (why).
     #[error("{0}")]
     ConnectionsOff(&'static str),
+    /// 400: an OAuth2 callback's `state` is unknown, used before, or lapsed.
+    #[error(
+        "this OAuth2 callback's state is unknown, was used already, or has expired; start the \
+         install again"
+    )]
+    OAuthState,
+    /// 400: Gorgias refused the install (the merchant declined, or the code was refused).
+    #[error("the OAuth2 install was refused: {0}")]
+    OAuthRefused(String),
+    /// 502: Gorgias's token endpoint failed during an install.
+    #[error("Gorgias's token endpoint failed; start the install again")]
+    OAuthFailed,
     /// 400: a path parameter is malformed.
     #[error("{0}")]
     BadPath(String),
@@ -244,7 +256,27 @@ impl ApiError {
                 "Connections unavailable",
             ),
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path", "Invalid path"),
+            Self::OAuthState => (
+                StatusCode::BAD_REQUEST,
+                "invalid_oauth_state",
+                "Invalid OAuth2 state",
+            ),
+            Self::OAuthRefused(_) => (
+                StatusCode::BAD_REQUEST,
+                "oauth_refused",
+                "OAuth2 install refused",
+            ),
+            Self::OAuthFailed => (
+                StatusCode::BAD_GATEWAY,
+                "oauth_exchange_failed",
+                "OAuth2 exchange failed",
+            ),
             Self::BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Invalid query"),
+            Self::Account(crate::accounts::AccountError::NeedsReconnect(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_needs_reconnect",
+                "Connection needs reconnecting",
+            ),
             Self::Account(crate::accounts::AccountError::Required) => (
                 StatusCode::BAD_REQUEST,
                 "connection_required",
@@ -454,7 +486,10 @@ impl ApiError {
                 .max(Duration::from_secs(1)),
             ),
             Self::NotReady(_) => Some(Duration::from_secs(5)),
-            Self::NeedsReconnect(_) => Some(Duration::from_secs(60)),
+            Self::NeedsReconnect(_)
+            | Self::Account(crate::accounts::AccountError::NeedsReconnect(_)) => {
+                Some(Duration::from_secs(60))
+            }
             Self::StoreUnavailable
             | Self::Overloaded
             | Self::OutboxUnavailable

@@ -195,3 +195,10 @@ pub fn delivery(outcome: &'static str) {
 pub fn webhook(outcome: &'static str) {
     counter!("gorgias_proxy_webhooks_total", "outcome" => outcome).increment(1);
 }
+
+/// An OAuth2 refresh ended: `refreshed`, `refused` (the connection needs reconnecting) or
+/// `failed` (tried again later). No connection label: per-connection figures are in
+/// `GET /connections/{id}`.
+pub fn token_refresh(outcome: &'static str) {
+    counter!("gorgias_proxy_token_refreshes_total", "outcome" => outcome).increment(1);
+}

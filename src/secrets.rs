@@ -41,6 +41,9 @@ pub enum SecretError {
 struct SealingKey {
     id: String,
     cipher: Aes256Gcm,
+    /// A key of its own for signing links (derived, so one secret serves both uses without
+    /// the cipher's key ever keying a MAC).
+    mac: [u8; 32],
 }
 
 impl SealingKey {
@@ -58,9 +61,13 @@ impl SealingKey {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let mut m = Sha256::new();
+        m.update(b"gorgias-proxy link signing key\0");
+        m.update(&bytes);
         Ok(Self {
             id,
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            mac: m.finalize().into(),
         })
     }
 }
@@ -176,10 +183,38 @@ impl Keyring {
             .map_err(|_| SecretError::Corrupt)
     }
 
+    /// An HMAC-SHA256 of `message` under the current key, in URL-safe base64 (signed links).
+    pub fn sign(&self, message: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac(&self.current.mac, message))
+    }
+
+    /// Whether `signature` is [`Self::sign`] of `message` under the current or previous key
+    /// (compared in constant time).
+    pub fn verify(&self, message: &str, signature: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let Ok(given) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|k| bool::from(mac(&k.mac, message).as_slice().ct_eq(&given)))
+    }
+
     /// Whether `sealed` is under the current key (rekeying skips those).
     pub fn is_current(&self, sealed: &str) -> bool {
         key_id(sealed).is_some_and(|(id, _)| id == self.current.id)
     }
+}
+
+fn mac(key: &[u8; 32], message: &str) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC takes keys of any length: this cannot fail.
+    let Ok(mut m) = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key) else {
+        return [0; 32];
+    };
+    m.update(message.as_bytes());
+    m.finalize().into_bytes().into()
 }
 
 /// A sealed value's key id and body.
@@ -244,6 +279,22 @@ mod tests {
             without_old.open("acme", "api_key", &sealed),
             Err(SecretError::UnknownKey(id)) if id == old.current_id()
         ));
+    }
+
+    #[test]
+    fn signed_links_verify_only_unchanged_and_under_a_known_key() {
+        let ring = Keyring::new(&key(1), None).unwrap();
+        let sig = ring.sign("acme\n1700000000");
+        assert!(ring.verify("acme\n1700000000", &sig));
+        assert!(!ring.verify("acme\n1700000001", &sig));
+        assert!(!ring.verify("acme\n1700000000", "AAAA"));
+        let rotated = Keyring::new(&key(2), Some(&key(1))).unwrap();
+        assert!(rotated.verify("acme\n1700000000", &sig));
+        assert!(
+            !Keyring::new(&key(2), None)
+                .unwrap()
+                .verify("acme\n1700000000", &sig)
+        );
     }
 
     #[test]

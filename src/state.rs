@@ -136,7 +136,25 @@ impl AppState {
             _ => None,
         };
         Ok(Self(Arc::new(Shared {
-            accounts: crate::accounts::Accounts::new(default, factory, connections, keys),
+            accounts: crate::accounts::Accounts::new(
+                default,
+                factory,
+                connections,
+                keys,
+                config
+                    .oauth
+                    .clone()
+                    .map(|client| -> anyhow::Result<_> {
+                        Ok(crate::accounts::OAuth {
+                            client,
+                            http: reqwest::Client::builder()
+                                .connect_timeout(Duration::from_secs(5))
+                                .redirect(reqwest::redirect::Policy::none())
+                                .build()?,
+                        })
+                    })
+                    .transpose()?,
+            ),
             admin: InboundAuth::new(&config.admin_tokens),
             allow_custom_base_urls: config.allow_custom_base_urls,
             body_limit: config.body_limit,

@@ -37,7 +37,12 @@ pub(crate) async fn require_token(
 
 /// The bearer token a request presents, if any.
 pub(crate) fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
+    bearer_of(req.headers())
+}
+
+/// The bearer token in `headers`, if any.
+pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod connections;
 mod health;
+mod oauth;
 pub mod openapi;
 mod route;
 mod ticket;
@@ -35,11 +36,14 @@ pub fn router(state: AppState) -> Router {
             middleware::from_fn_with_state(state.clone(), auth::require_token),
         ))
         .merge(
-            connections::router().route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                connections::require_admin,
-            )),
+            connections::router()
+                .merge(oauth::admin_router())
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    connections::require_admin,
+                )),
         )
+        .merge(oauth::router())
         .merge(health::router())
         .route("/openapi.json", axum::routing::get(openapi::serve))
         .merge(metrics_router(&state))
@@ -158,6 +162,11 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some("/connections") => "/connections",
         Some("/connections/{connection_id}") => "/connections/{connection_id}",
         Some("/connections/{connection_id}/check") => "/connections/{connection_id}/check",
+        Some("/connections/{connection_id}/oauth-link") => {
+            "/connections/{connection_id}/oauth-link"
+        }
+        Some("/oauth/authorize") => "/oauth/authorize",
+        Some("/oauth/callback") => "/oauth/callback",
         Some(_) => "other",
         None => "unmatched",
     }

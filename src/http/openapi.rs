@@ -219,6 +219,58 @@ fn delete_connection_doc() {}
 #[allow(dead_code)]
 fn check_connection_doc() {}
 
+/// Starts an OAuth2 install.
+#[utoipa::path(get, path = "/oauth/authorize", tag = "connections",
+    operation_id = "oauthAuthorize",
+    summary = "Send the merchant to Gorgias's consent page (OAuth2 install)",
+    description = "With an admin token, or as a link signed by `POST /connections/{id}/oauth-link` \
+                   (`expires` and `sig`). Redirects to `https://{subdomain}.gorgias.com/oauth/authorize` \
+                   with `response_type=code`, `client_id`, the scopes, `redirect_uri` and a \
+                   single-use `state` that expires in 10 minutes.",
+    params(("connection_id" = String, Query), ("subdomain" = Option<String>, Query),
+           ("base_url" = Option<String>, Query, description = "Only with ALLOW_CUSTOM_BASE_URLS"),
+           ("expires" = Option<u64>, Query), ("sig" = Option<String>, Query)),
+    responses(
+        (status = 302, description = "To Gorgias's consent page"),
+        (status = 400, description = "A bad connection id or account", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Neither an admin token nor a valid signed link", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "OAUTH_* or CONNECTIONS_KEY not set", body = Problem, content_type = "application/problem+json")),
+    security((), ("admin" = [])))]
+#[allow(dead_code)]
+fn oauth_authorize_doc() {}
+
+/// Finishes an OAuth2 install.
+#[utoipa::path(get, path = "/oauth/callback", tag = "connections",
+    operation_id = "oauthCallback",
+    summary = "Where Gorgias sends the merchant back: stores the connection",
+    description = "Checks `state` (single-use, expiring), exchanges `code` at the account's \
+                   `/oauth/token` (HTTP Basic client auth) and stores the connection with its \
+                   tokens, sealed.",
+    params(("code" = String, Query), ("state" = String, Query)),
+    responses(
+        (status = 200, description = "`{connection_id, status: connected}`", content_type = "application/json"),
+        (status = 400, description = "`invalid_oauth_state` (unknown, replayed, expired) or `oauth_refused`",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Gorgias's token endpoint failed", body = Problem, content_type = "application/problem+json")),
+    security(()))]
+#[allow(dead_code)]
+fn oauth_callback_doc() {}
+
+/// A signed install link.
+#[utoipa::path(post, path = "/connections/{connection_id}/oauth-link", tag = "connections",
+    operation_id = "oauthLink",
+    summary = "A link to /oauth/authorize that works without the admin token for 10 minutes",
+    params(("connection_id" = String, Path)),
+    request_body(content = serde_json::Value, description = "`{\"subdomain\": …}` or `{\"base_url\": …}`",
+                 content_type = "application/json"),
+    responses(
+        (status = 200, description = "`{url, expires_at}`", content_type = "application/json"),
+        (status = 400, description = "A bad connection id or account", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json")),
+    security(("admin" = [])))]
+#[allow(dead_code)]
+fn oauth_link_doc() {}
+
 /// Health endpoints (no token).
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up", content_type = "application/json")))]
@@ -262,7 +314,8 @@ impl Modify for BearerAuth {
     ),
     paths(
         create_ticket_doc, get_delivery_doc, healthz_doc, readyz_doc, put_connection_doc,
-        get_connection_doc, list_connections_doc, delete_connection_doc, check_connection_doc
+        get_connection_doc, list_connections_doc, delete_connection_doc, check_connection_doc,
+        oauth_authorize_doc, oauth_callback_doc, oauth_link_doc
     ),
     components(schemas(
         TicketRequest, CustomerIn, TicketIn, MessageIn, AttachmentIn,

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::route::Route;
-use crate::accounts::Account;
+use crate::accounts::{Account, CreateError};
 use crate::domain::{NewTicket, StoredTicket};
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, StoredAnswer};
@@ -241,13 +241,6 @@ async fn create(
         messages = ticket.messages.len(),
         "valid ticket request; creating it in Gorgias"
     );
-    // Credentials Gorgias refused are not tried again until replaced: the answer is at once,
-    // and spends none of the account's budget.
-    if let Some(id) = &account.connection
-        && account.needs_reconnect()
-    {
-        return Err(ApiError::NeedsReconnect(id.clone()));
-    }
     let deadline = super::deadline_after(state.request_deadline);
     let fence = claim.map(|claim| KeyFence {
         store: &state.idempotency,
@@ -265,17 +258,14 @@ async fn create(
     };
     let created = tokio::time::timeout_at(
         deadline + Duration::from_millis(250),
-        account.ticketing.create_ticket(&ticket, &attempt),
+        state.accounts.create_ticket(account, &ticket, &attempt),
     )
     .await
     .map_err(|_| ApiError::DeadlineExceeded)?;
-    state.accounts.observe_result(account, &created).await;
-    match (created, &account.connection) {
-        (Ok(created), _) => Ok(created_response(&created)),
-        (Err(e), Some(id)) if crate::accounts::is_refusal(&e) => {
-            Err(ApiError::NeedsReconnect(id.clone()))
-        }
-        (Err(e), _) => Err(e.into()),
+    match created {
+        Ok(created) => Ok(created_response(&created)),
+        Err(CreateError::Ticketing(e)) => Err(e.into()),
+        Err(CreateError::NeedsReconnect(id)) => Err(ApiError::NeedsReconnect(id)),
     }
 }
 

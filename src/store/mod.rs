@@ -345,7 +345,16 @@ pub(crate) const TABLES: &[&str] = &[
         last_error_at BIGINT,
         version BIGINT NOT NULL DEFAULT 1,
         created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
+        updated_at BIGINT NOT NULL,
+        refresh_lock_until BIGINT,
+        refresh_owner TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS oauth_states (
+        state TEXT PRIMARY KEY,
+        connection_id TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        subdomain TEXT,
+        expires_at BIGINT NOT NULL
     )",
 ];
 

@@ -711,3 +711,323 @@ async fn the_real_binarys_logs_never_show_a_connections_secret() {
         }
     }
 }
+
+/// A deployment that knows the simulator's OAuth2 app.
+fn oauth_config(default: &Simulator, data: &std::path::Path) -> Config {
+    let mut c = multi_config(default, data, 1);
+    c.oauth = Some(gorgias::OAuthClient {
+        client_id: gorgias_sim::DEFAULT_CLIENT_ID.into(),
+        client_secret: SecretString::from(gorgias_sim::DEFAULT_CLIENT_SECRET),
+        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
+    });
+    c
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Follows an install from our `/oauth/authorize` answer to the callback's query.
+async fn consent(http: &reqwest::Client, ours: reqwest::Response) -> (String, String) {
+    assert_eq!(ours.status(), 302, "{:?}", ours.text().await);
+    let to_gorgias = ours.headers()["location"].to_str().unwrap().to_owned();
+    let gorgias_url: url::Url = to_gorgias.parse().unwrap();
+    let q: std::collections::HashMap<_, _> = gorgias_url.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], gorgias_sim::DEFAULT_CLIENT_ID);
+    assert_eq!(
+        q["scope"],
+        "openid offline tickets:write customers:read customers:write account:read"
+    );
+    assert_eq!(q["redirect_uri"], "http://127.0.0.1:9/oauth/callback");
+    let back = http.get(gorgias_url).send().await.unwrap();
+    assert_eq!(back.status(), 302);
+    let back: url::Url = back.headers()["location"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    (q["code"].clone(), q["state"].clone())
+}
+
+#[tokio::test]
+async fn the_oauth2_install_stores_a_connection_that_opens_tickets_and_a_replayed_state_is_refused()
+{
+    let default = account_sim(0).await;
+    let acme = account_sim(1).await;
+    let data = crate::helpers::temp_data_dir();
+    let app = Deployment::start(oauth_config(&default, &data)).await;
+    let http = no_redirects();
+    let authorize = format!(
+        "{}/oauth/authorize?connection_id=acme&base_url={}",
+        app.address,
+        url::form_urlencoded::byte_serialize(acme.url().as_str().as_bytes()).collect::<String>()
+    );
+    // Not without an admin token (or a signed link).
+    assert_eq!(http.get(&authorize).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&authorize)
+            .bearer_auth(CALLER_ALL)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ours = http
+        .get(&authorize)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let (code, state) = consent(&http, ours).await;
+
+    // A forged state stores nothing and never reaches Gorgias.
+    let forged = http
+        .get(format!(
+            "{}/oauth/callback?code={code}&state=forged",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let p: Value = forged.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_oauth_state");
+    assert_eq!(acme.stats().codes_exchanged, 0);
+
+    let callback = format!("{}/oauth/callback?code={code}&state={state}", app.address);
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 200, "{:?}", done.text().await);
+    assert_eq!(acme.stats().codes_exchanged, 1);
+    // Replayed: refused, and nothing stored again.
+    let replay = http.get(&callback).send().await.unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(acme.stats().codes_exchanged, 1);
+
+    let view: Value = app
+        .admin_get("/connections/acme")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["auth"]["type"], "oauth2", "{view}");
+    assert!(view["access_token_expires_at"].is_string(), "{view}");
+    assert!(!view.to_string().contains("sim-at-") && !view.to_string().contains("sim-rt-"));
+    let resp = app.ticket(CALLER_ALL, Some("acme"), &example()).await;
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    assert_eq!(tickets(&acme), 1);
+
+    // A signed link works without the admin token, only as signed, and only for its install.
+    let link: Value = app
+        .http
+        .post(format!("{}/connections/globex/oauth-link", app.address))
+        .bearer_auth(ADMIN)
+        .json(&json!({"base_url": acme.url().as_str()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}{}", app.address, link["url"].as_str().unwrap());
+    let tampered = url.replace("connection_id=globex", "connection_id=acme");
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 401);
+    let ours = http.get(&url).send().await.unwrap();
+    let (code, state) = consent(&http, ours).await;
+    let done = http
+        .get(format!(
+            "{}/oauth/callback?code={code}&state={state}",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(app.admin_get("/connections/globex").await.status(), 200);
+}
+
+/// An OAuth2 connection for `sim`, with tokens the simulator issued that live `ttl`.
+fn oauth_body(sim: &Simulator, ttl: Duration) -> Value {
+    let (access, refresh) = sim.issue_tokens();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + ttl;
+    json!({
+        "base_url": sim.url().as_str(),
+        "auth": {"type": "oauth2", "access_token": access, "refresh_token": refresh,
+                 "expires_at": humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + expires).to_string()},
+        "rate_limit": "off",
+        "ticket_channel": "phone",
+    })
+}
+
+async fn short_lived_sim(ttl: Duration) -> Simulator {
+    Simulator::spawn(
+        SimConfig {
+            oauth: gorgias_sim::OAuthConfig {
+                access_token_ttl: ttl,
+                ..gorgias_sim::OAuthConfig::default()
+            },
+            oauth_rate_limit: None,
+            ..sim_config()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn short_lived_access_tokens_are_refreshed_and_callers_never_see_a_401() {
+    let ttl = Duration::from_secs(3);
+    let sim = short_lived_sim(ttl).await;
+    let default = account_sim(0).await;
+    let data = crate::helpers::temp_data_dir();
+    let app = Deployment::start(oauth_config(&default, &data)).await;
+    assert_eq!(app.put("acme", &oauth_body(&sim, ttl)).await.status(), 201);
+    // 200 requests over some 10 s: more than three lifetimes.
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    for round in 0..20u64 {
+        let batch = (0..10).map(|i| {
+            let body = crate::helpers::ticket_for(&format!("+1 555 02{round:02}{i}"), None);
+            let app = &app;
+            async move {
+                app.ticket(CALLER_ALL, Some("acme"), &body)
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        });
+        statuses.extend(futures_util::future::join_all(batch).await);
+        tokio::time::sleep_until((start + Duration::from_millis(500 * (round + 1))).into()).await;
+    }
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let stats = sim.stats();
+    assert_eq!(stats.tickets_created, 200);
+    // Refreshed ahead of expiry (a third of the lifetime before it), once per token.
+    let lifetimes = start.elapsed().as_secs_f64() / ttl.as_secs_f64();
+    assert!(stats.token_refreshes >= 3, "{stats:?}");
+    assert!(
+        (stats.token_refreshes as f64) <= lifetimes * 1.5 + 1.0,
+        "more refreshes than tokens needed: {stats:?} over {lifetimes:.1} lifetimes"
+    );
+    assert_eq!(
+        stats.expired_tokens, 0,
+        "an expired token was sent: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_needs_reconnecting_and_deliveries_wait_for_the_new_tokens() {
+    let ttl = Duration::from_secs(2);
+    let sim = short_lived_sim(ttl).await;
+    let default = account_sim(0).await;
+    let data = crate::helpers::temp_data_dir();
+    let mut config = oauth_config(&default, &data);
+    config.delivery.base_backoff = Duration::from_millis(100);
+    config.delivery.max_backoff = Duration::from_millis(300);
+    let app = Deployment::start(config).await;
+    assert_eq!(app.put("acme", &oauth_body(&sim, ttl)).await.status(), 201);
+    assert_eq!(
+        app.ticket(CALLER_ALL, Some("acme"), &example())
+            .await
+            .status(),
+        201
+    );
+    // The merchant uninstalls the app: refreshes are refused from now on.
+    sim.set_revoked(true);
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let sync = app.ticket(CALLER_ALL, Some("acme"), &example()).await;
+    assert_eq!(sync.status(), 503);
+    let p: Value = sync.json().await.unwrap();
+    assert_eq!(p["code"], "connection_needs_reconnect", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("acme"));
+    let view: Value = app
+        .admin_get("/connections/acme")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "needs_reconnect", "{view}");
+    assert!(sim.stats().refused_grants >= 1);
+
+    let accepted = post_async(&app, "acme").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let doc = status_of(&app, "acme", &accepted).await;
+    assert_eq!(doc["status"], "queued", "{doc}");
+    assert_eq!(sim.stats().tickets_created, 1);
+
+    // Reinstalled (new tokens PUT): the delivery goes through, once.
+    sim.set_revoked(false);
+    assert_eq!(
+        app.put("acme", &oauth_body(&sim, Duration::from_secs(60)))
+            .await
+            .status(),
+        200
+    );
+    let start = Instant::now();
+    loop {
+        let doc = status_of(&app, "acme", &accepted).await;
+        if doc["status"] == "delivered" {
+            break;
+        }
+        assert_ne!(doc["status"], "failed", "{doc}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{doc}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sim.stats().tickets_created, 2);
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgresql_refresh_each_token_once() {
+    let Some(outbox) = crate::helpers::postgres_outbox_url().await else {
+        return;
+    };
+    let ttl = Duration::from_secs(3);
+    let sim = short_lived_sim(ttl).await;
+    let default = account_sim(0).await;
+    let replica = |outbox: &str| {
+        let mut c = oauth_config(&default, &crate::helpers::temp_data_dir());
+        c.outbox = Some(
+            gorgias_proxy::outbox::OutboxTarget::parse(Some(outbox), std::path::Path::new("."))
+                .unwrap(),
+        );
+        c.redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+        c
+    };
+    let a = Deployment::start(replica(&outbox)).await;
+    let b = Deployment::start(replica(&outbox)).await;
+    assert_eq!(a.put("acme", &oauth_body(&sim, ttl)).await.status(), 201);
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    for round in 0..20u64 {
+        let batch = (0..6).map(|i| {
+            let body = crate::helpers::ticket_for(&format!("+1 555 03{round:02}{i}"), None);
+            let app = if i % 2 == 0 { &a } else { &b };
+            async move {
+                app.ticket(CALLER_ALL, Some("acme"), &body)
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        });
+        statuses.extend(futures_util::future::join_all(batch).await);
+        tokio::time::sleep_until((start + Duration::from_millis(500 * (round + 1))).into()).await;
+    }
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let stats = sim.stats();
+    let lifetimes = start.elapsed().as_secs_f64() / ttl.as_secs_f64();
+    // One replica refreshes (the row's lock); the other finds the new tokens.
+    assert!(stats.token_refreshes >= 2, "{stats:?}");
+    assert!(
+        (stats.token_refreshes as f64) <= lifetimes * 1.5 + 1.0,
+        "two replicas refreshed the same token: {stats:?} over {lifetimes:.1} lifetimes"
+    );
+}

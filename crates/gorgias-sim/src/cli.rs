@@ -70,6 +70,24 @@ pub struct Args {
     /// call answered), whether or not the caller is still there.
     #[arg(long, default_value_t = 0)]
     pub late_commit_ms: u64,
+    /// The OAuth2 app's client id.
+    #[arg(long, default_value = crate::DEFAULT_CLIENT_ID)]
+    pub oauth_client_id: String,
+    /// The OAuth2 app's client secret.
+    #[arg(long, default_value = crate::DEFAULT_CLIENT_SECRET)]
+    pub oauth_client_secret: String,
+    /// How long an OAuth2 access token lives, in seconds (Gorgias: 24 h).
+    #[arg(long, default_value_t = 86_400)]
+    pub access_token_ttl_secs: u64,
+    /// Replace the refresh token on each refresh.
+    #[arg(long)]
+    pub rotate_refresh_tokens: bool,
+    /// Refuse every refresh with `invalid_grant` (the app was uninstalled).
+    #[arg(long)]
+    pub revoke: bool,
+    /// The budget of OAuth2 callers, `CALLS/SECONDSs`, or `off`.
+    #[arg(long, default_value = "80/20s")]
+    pub oauth_rate_limit: String,
 }
 
 impl Args {
@@ -117,6 +135,14 @@ impl Args {
                     }
                 },
             },
+            oauth: crate::OAuthConfig {
+                client_id: a.oauth_client_id,
+                client_secret: a.oauth_client_secret,
+                access_token_ttl: std::time::Duration::from_secs(a.access_token_ttl_secs),
+                rotate_refresh_tokens: a.rotate_refresh_tokens,
+                revoked: a.revoke,
+            },
+            oauth_rate_limit: parse_rate_limit(&a.oauth_rate_limit)?,
             search_lag: std::time::Duration::from_millis(a.search_lag_ms),
             ticket_list_lag: std::time::Duration::from_millis(a.ticket_list_lag_ms),
             ..SimConfig::default()

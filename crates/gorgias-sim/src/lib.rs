@@ -39,6 +39,7 @@
 //! (any string here: only `normal` is recorded).
 
 pub mod cli;
+mod oauth;
 mod routes;
 mod state;
 
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use url::Url;
 
+pub use oauth::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OAuthConfig};
 pub use state::Stats;
 use state::{Bucket, Data};
 
@@ -146,6 +148,11 @@ pub struct SimConfig {
     /// How long a stored ticket stays out of `GET /api/tickets?external_id=` (whether
     /// Gorgias's list trails its writes, and by how much, is unknown). Default 0.
     pub ticket_list_lag: Duration,
+    /// The OAuth2 app it knows and how its tokens behave.
+    pub oauth: OAuthConfig,
+    /// The budget of calls made with OAuth2 access tokens (Gorgias: 80 per 20 s for OAuth2
+    /// apps, 40 for API keys); `None` for no limit.
+    pub oauth_rate_limit: Option<(u32, Duration)>,
 }
 
 impl Default for SimConfig {
@@ -169,6 +176,8 @@ impl Default for SimConfig {
             .to_vec(),
             search_lag: Duration::ZERO,
             ticket_list_lag: Duration::ZERO,
+            oauth: OAuthConfig::default(),
+            oauth_rate_limit: Some((80, Duration::from_secs(20))),
         }
     }
 }
@@ -198,6 +207,8 @@ pub(crate) struct Control {
     pub faults: Faults,
     pub credentials: Credentials,
     pub bucket: Option<Bucket>,
+    pub oauth_bucket: Option<Bucket>,
+    pub oauth: oauth::OAuth,
     pub assignment_channels: Vec<String>,
     pub search_lag: Duration,
     pub ticket_list_lag: Duration,
@@ -247,6 +258,8 @@ impl Simulator {
                     access_token: config.access_token,
                 },
                 bucket: config.rate_limit.map(|(n, w)| Bucket::new(n, w)),
+                oauth_bucket: config.oauth_rate_limit.map(|(n, w)| Bucket::new(n, w)),
+                oauth: oauth::OAuth::new(config.oauth),
                 assignment_channels: config.assignment_channels,
                 search_lag: config.search_lag,
                 ticket_list_lag: config.ticket_list_lag,
@@ -292,6 +305,18 @@ impl Simulator {
     /// Replaces the accepted credentials.
     pub fn set_credentials(&self, credentials: Credentials) {
         self.shared.control().credentials = credentials;
+    }
+
+    /// Issues an OAuth2 access token and refresh token, as an install would: `(access,
+    /// refresh)`.
+    pub fn issue_tokens(&self) -> (String, String) {
+        let (access, refresh, _) = self.shared.control().oauth.issue(None);
+        (access, refresh)
+    }
+
+    /// Makes refreshes fail with `invalid_grant` (`true`), or succeed again.
+    pub fn set_revoked(&self, revoked: bool) {
+        self.shared.control().oauth.config.revoked = revoked;
     }
 
     /// Replaces the `ticket-assignment` channels.

@@ -33,8 +33,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/stats", get(stats))
         .route("/_sim/faults", get(get_faults).post(set_faults))
         .route("/_sim/credentials", post(set_credentials))
-        .route("/_sim/tickets", get(all_tickets));
-    api.merge(control).with_state(shared)
+        .route("/_sim/tickets", get(all_tickets))
+        .route("/_sim/oauth/revoke", post(super::oauth::set_revoked));
+    let oauth = Router::new()
+        .route("/oauth/authorize", get(super::oauth::authorize))
+        .route("/oauth/token", post(super::oauth::token));
+    api.merge(control).merge(oauth).with_state(shared)
 }
 
 /// `{"error": {"msg": ..., "data": ...}}` with the status.
@@ -59,18 +63,27 @@ async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
         data.stats.requests_total += 1;
         *data.stats.requests.entry(key.clone()).or_default() += 1;
     }
-    let (authorized, usage, faults) = {
+    let (caller, usage, faults) = {
         let mut control = sim.control();
-        let authorized = is_authorized(&control.credentials, &req);
-        let usage = if authorized {
-            control.bucket.as_mut().map(super::state::Bucket::take)
-        } else {
-            None
+        let caller = authorize(&control, &req);
+        // OAuth2 apps and API keys have budgets of their own (80 and 40 per 20 s).
+        let usage = match caller {
+            Caller::Key => control.bucket.as_mut().map(super::state::Bucket::take),
+            Caller::App => control
+                .oauth_bucket
+                .as_mut()
+                .map(super::state::Bucket::take),
+            Caller::Expired | Caller::Nobody => None,
         };
-        (authorized, usage, control.faults.clone())
+        (caller, usage, control.faults.clone())
     };
-    if !authorized {
-        return gorgias_error(StatusCode::UNAUTHORIZED, "Unauthorized.", None);
+    match caller {
+        Caller::Key | Caller::App => {}
+        Caller::Expired => {
+            sim.data().stats.expired_tokens += 1;
+            return gorgias_error(StatusCode::UNAUTHORIZED, "Unauthorized.", None);
+        }
+        Caller::Nobody => return gorgias_error(StatusCode::UNAUTHORIZED, "Unauthorized.", None),
     }
     let usage_header = match usage {
         Some(Err(wait)) => {
@@ -82,12 +95,14 @@ async fn account_gate(State(sim): Sim, req: Request, next: Next) -> Response {
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            let used = sim
-                .control()
-                .bucket
-                .as_ref()
-                .map(super::state::Bucket::usage)
-                .unwrap_or_default();
+            let used = {
+                let control = sim.control();
+                let bucket = match caller {
+                    Caller::App => control.oauth_bucket.as_ref(),
+                    _ => control.bucket.as_ref(),
+                };
+                bucket.map(super::state::Bucket::usage).unwrap_or_default()
+            };
             set_usage(&mut resp, &used);
             return resp;
         }
@@ -132,6 +147,41 @@ fn set_usage(resp: &mut Response, used: &str) {
     if let Ok(v) = HeaderValue::from_str(used) {
         resp.headers_mut()
             .insert("x-gorgias-account-api-call-limit", v);
+    }
+}
+
+/// Who a call is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// An API key (or the configured static bearer token).
+    Key,
+    /// An OAuth2 app, with an access token that is still valid.
+    App,
+    /// An OAuth2 access token that was issued but has expired.
+    Expired,
+    /// Nobody we know.
+    Nobody,
+}
+
+fn authorize(control: &super::Control, req: &Request) -> Caller {
+    if is_authorized(&control.credentials, req) {
+        return Caller::Key;
+    }
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return Caller::Nobody;
+    };
+    if control.oauth.accepts(token) {
+        Caller::App
+    } else if control.oauth.issued_ever(token) {
+        Caller::Expired
+    } else {
+        Caller::Nobody
     }
 }
 

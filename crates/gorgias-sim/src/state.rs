@@ -67,6 +67,18 @@ pub struct Stats {
     pub customers_created: u64,
     /// Answers of 429.
     pub rate_limited: u64,
+    /// OAuth2 refreshes granted (`grant_type=refresh_token`).
+    #[serde(default)]
+    pub token_refreshes: u64,
+    /// OAuth2 codes exchanged (`grant_type=authorization_code`).
+    #[serde(default)]
+    pub codes_exchanged: u64,
+    /// Grants refused with `invalid_grant`.
+    #[serde(default)]
+    pub refused_grants: u64,
+    /// Calls refused 401 for an access token that had expired.
+    #[serde(default)]
+    pub expired_tokens: u64,
 }
 
 /// Gorgias's account-wide leaky bucket: each call adds one; it drains at `limit/window`.

@@ -18,6 +18,7 @@
 //! - `models`: request and answer shapes.
 //! - `lenient`: the serde adapters that read answers leniently without buffering them.
 //! - `error`: [`GorgiasError`], [`BuildError`].
+//! - `oauth`: the OAuth2 token endpoint ([`OAuthClient`]): code exchange and refresh.
 //! - `pacing`: [`Pacer`] and the [`SharedBudget`] trait.
 //! - `metrics`: the counters and histograms reported through the `metrics` facade.
 
@@ -28,6 +29,7 @@ mod error;
 mod lenient;
 mod metrics;
 mod models;
+mod oauth;
 mod pacing;
 mod probe;
 
@@ -40,6 +42,7 @@ pub use models::{
     NewChannel, NewCustomField, NewMessage, Person, PersonRef, PhoneHit, Tag, TagRef, Ticket,
     TicketId,
 };
+pub use oauth::{OAuthClient, SCOPES, TokenError, Tokens};
 pub use pacing::{BoxFuture, Budget, BudgetError, Grant, MAX_QUEUE, Pacer, Priority, SharedBudget};
 pub use probe::{
     CALL_LIMIT_HEADER, CallLimit, LimitHeader, ListAnswer, ListShape, PROBE_MAX_CALLS, Probe,
