@@ -29,10 +29,14 @@ pub fn start(state: &AppState, stop: &CancellationToken) {
     let Some(outbox) = state.outbox.clone() else {
         return;
     };
+    let turns = std::sync::Arc::new(Turns::default());
     for _ in 0..state.delivery.concurrency.max(1) {
-        state
-            .tasks
-            .spawn(work(state.clone(), outbox.clone(), stop.clone()));
+        state.tasks.spawn(work(
+            state.clone(),
+            outbox.clone(),
+            turns.clone(),
+            stop.clone(),
+        ));
     }
     if let Some(webhooks) = state.webhooks.clone() {
         state.tasks.spawn(notify(
@@ -106,10 +110,89 @@ async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: Cance
     }
 }
 
-async fn work(state: AppState, outbox: Outbox, stop: CancellationToken) {
+/// Whose turn it is, shared by this process's workers: claims go round-robin across
+/// connections, and a connection out of budget is skipped until its next call is due, so a
+/// worker never waits on one account's budget while another's deliveries are due.
+#[derive(Default)]
+struct Turns {
+    /// The connection claimed last.
+    last: std::sync::Mutex<String>,
+    /// Connections out of budget, until when.
+    busy: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl Turns {
+    fn busy_now(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        busy.retain(|_, until| *until > now);
+        busy.keys().cloned().collect()
+    }
+
+    fn last(&self) -> String {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn claimed(&self, connection: &str) {
+        connection.clone_into(
+            &mut self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
+    fn out_of_budget(&self, connection: &str, for_: Duration) {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(connection.to_owned(), Instant::now() + for_);
+    }
+}
+
+/// How long a connection whose budget is spent is skipped: until its next call is due (one
+/// call's share of its window), or a quarter second without pacing.
+fn budget_wait(account: &crate::accounts::Account) -> Option<Duration> {
+    let pacer = account.ticketing.client().pacer();
+    if !pacer.is_busy() {
+        return None;
+    }
+    Some(pacer.budget().map_or(Duration::from_millis(250), |b| {
+        (b.window / b.allowed.max(1)).max(Duration::from_millis(50))
+    }))
+}
+
+async fn work(
+    state: AppState,
+    outbox: Outbox,
+    turns: std::sync::Arc<Turns>,
+    stop: CancellationToken,
+) {
     while !stop.is_cancelled() {
-        match outbox.claim(state.delivery.lease).await {
+        let busy = turns.busy_now();
+        match outbox
+            .claim_fairly(state.delivery.lease, &busy, &turns.last())
+            .await
+        {
             Ok(Some(claimed)) => {
+                turns.claimed(&claimed.connection);
+                if let Ok(account) = state.accounts.for_delivery(&claimed.connection).await
+                    && let Some(wait) = budget_wait(&account)
+                {
+                    // Its account has no call to spare now: back in the queue, not an
+                    // attempt, and this worker goes to another connection's delivery.
+                    turns.out_of_budget(&claimed.connection, wait);
+                    if let Err(e) = outbox.release(&claimed, Duration::ZERO).await {
+                        tracing::warn!(error = %e, "could not put a delivery back");
+                    }
+                    continue;
+                }
                 // The attempt's log lines and its stored problem name the delivery, as a
                 // request's name its request id: the status document's `problem.request_id`
                 // is this id, and so is the `delivery_id` of the lines an operator greps for.

@@ -253,6 +253,17 @@ pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The busy connections as one parameter, `a,b`: the statement looks for `,{connection},` in
+/// `,{list},`, so the default account (an empty id) is found when the list has an empty
+/// entry, and an empty list must be something no entry matches.
+fn busy_list(busy: &[String]) -> String {
+    if busy.is_empty() {
+        // No entry at all: an empty list must not match the default account's `,,`.
+        return "\u{1}".to_owned();
+    }
+    busy.join(",")
+}
+
 /// A row of the delivery columns (from `offset`, as [`with_columns`] lists them): the delivery and its fingerprint.
 fn delivery_row(row: &Row, offset: usize) -> (Delivery, String) {
     let status = Status::parse(&row.text(offset + 1));
@@ -386,6 +397,22 @@ impl Outbox {
     /// # Errors
     /// When the database cannot be written.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, OutboxError> {
+        self.claim_fairly(lease, &[], "").await
+    }
+
+    /// Claims the next due delivery round-robin across connections: the earliest of the first
+    /// connection after `after` (in id order, wrapping around) that has one due, skipping the
+    /// connections in `busy` (waiting for their budget). One backlog never holds back
+    /// another connection's deliveries.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn claim_fairly(
+        &self,
+        lease: Duration,
+        busy: &[String],
+        after: &str,
+    ) -> Result<Option<Claimed>, OutboxError> {
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let row = self
             .store()
@@ -393,14 +420,22 @@ impl Outbox {
                 "UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, \
                  lease_until = {now} + $1, owner = $3 \
                  WHERE seq = (SELECT seq FROM deliveries \
-                              WHERE (status = 'queued' AND next_attempt_at <= {now}) \
-                                 OR (status = 'delivering' AND lease_until + $2 < {now}) \
-                              ORDER BY seq LIMIT 1 {skip_locked}) \
+                              WHERE ((status = 'queued' AND next_attempt_at <= {now}) \
+                                 OR (status = 'delivering' AND lease_until + $2 < {now})) \
+                                AND replace(',' || CAST($4 AS TEXT) || ',', \
+                                            ',' || connection || ',', '') \
+                                    = ',' || CAST($4 AS TEXT) || ',' \
+                              ORDER BY (connection <= CAST($5 AS TEXT)), connection, seq \
+                              LIMIT 1 {skip_locked}) \
                  RETURNING id, request, external_id, attempts, accepted_at, connection, problem",
                 vec![
                     ms(lease).into(),
                     ms(self.inner.settle).into(),
                     owner.clone().into(),
+                    // Ids cannot hold a ',': the list is unambiguous. An empty entry is the
+                    // default account.
+                    busy_list(busy).into(),
+                    after.into(),
                 ],
             )
             .await?;
@@ -414,6 +449,29 @@ impl Outbox {
             last_problem: r.opt_text(6),
             owner,
         }))
+    }
+
+    /// Puts a claimed delivery back, not counting it as an attempt, due again after `after`:
+    /// its connection had no budget, and a worker must not wait for it. `Ok(false)`: the claim
+    /// was lost.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub async fn release(&self, claimed: &Claimed, after: Duration) -> Result<bool, OutboxError> {
+        Ok(self
+            .store()
+            .execute(
+                "UPDATE deliveries SET status = 'queued', attempts = attempts - 1, \
+                 lease_until = NULL, owner = NULL, next_attempt_at = {now} + $3 \
+                 WHERE id = $1 AND owner = $2 AND status = 'delivering'",
+                vec![
+                    claimed.id.clone().into(),
+                    claimed.owner.clone().into(),
+                    ms(after).into(),
+                ],
+            )
+            .await?
+            == 1)
     }
 
     /// Extends the lease of a delivery being worked on. `Ok(false)`: the claim is no longer

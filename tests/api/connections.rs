@@ -1031,3 +1031,74 @@ async fn two_replicas_on_postgresql_refresh_each_token_once() {
         "two replicas refreshed the same token: {stats:?} over {lifetimes:.1} lifetimes"
     );
 }
+
+async fn post_async_body(app: &Deployment, connection: &str, body: &Value) -> Value {
+    let resp = app
+        .http
+        .post(format!("{}/ticket", app.address))
+        .bearer_auth(CALLER_ALL)
+        .header("connection-id", connection)
+        .header("prefer", "respond-async")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_backlog_on_one_connection_does_not_hold_back_another() {
+    // A: 500 deliveries queued behind Gorgias's 40 calls per 20 s.
+    let slow = Simulator::spawn(
+        SimConfig {
+            username: "agent1@example.com".into(),
+            api_key: "api-key-1-s3cr3t".into(),
+            rate_limit: Some((40, Duration::from_secs(20))),
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let fast = account_sim(2).await;
+    let default = account_sim(0).await;
+    let data = crate::helpers::temp_data_dir();
+    let app = Deployment::start(multi_config(&default, &data, 1)).await;
+    let mut a = body_for(&slow, 1);
+    a["rate_limit"] = json!("40/20s");
+    assert_eq!(app.put("a", &a).await.status(), 201);
+    assert_eq!(app.put("b", &body_for(&fast, 2)).await.status(), 201);
+    for chunk in 0..10 {
+        let sends = (0..50).map(|i| {
+            let body = crate::helpers::ticket_for(&format!("+1 555 4{chunk:02}{i:04}"), None);
+            let app = &app;
+            async move { post_async_body(app, "a", &body).await }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+    // B: 10 accepted afterwards, each delivered within 15 s.
+    let accepted_at = Instant::now();
+    let mut b_accepted = Vec::new();
+    for i in 0..10 {
+        let body = crate::helpers::ticket_for(&format!("+1 555 5000{i:03}"), None);
+        b_accepted.push(post_async_body(&app, "b", &body).await);
+    }
+    for accepted in &b_accepted {
+        loop {
+            let doc = status_of(&app, "b", accepted).await;
+            if doc["status"] == "delivered" {
+                break;
+            }
+            assert!(
+                accepted_at.elapsed() < Duration::from_secs(15),
+                "B waited behind A's backlog: {doc}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(tickets(&fast), 10);
+    // A's backlog is still draining, and its account never saw a 429.
+    assert!(tickets(&slow) < 500);
+    assert_eq!(slow.stats().rate_limited, 0, "{:?}", slow.stats());
+}

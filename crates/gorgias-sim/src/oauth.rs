@@ -163,9 +163,7 @@ pub(crate) async fn token(State(sim): State<Arc<Shared>>, req: Request) -> Respo
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return token_error(StatusCode::BAD_REQUEST, "invalid_request");
     };
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body)
-        .into_owned()
-        .collect();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let answer = {
         let mut control = sim.control();
         let oauth = &mut control.oauth;
