@@ -405,19 +405,15 @@ fn ticket_channel_line(
 ) -> CheckLine {
     let name = "ticket-channel";
     let from_account = settings.as_ref().ok().map(|channels| {
-        if channels.iter().any(|c| c == "sms") {
-            (
-                "phone",
-                "the account auto-assigns SMS tickets (ticket-assignment.assignment_channels \
-                 contains sms)",
-            )
+        let channel = crate::ticketing::channel_for(channels);
+        let why = if channel == "phone" {
+            "the account auto-assigns SMS tickets (ticket-assignment.assignment_channels \
+             contains sms)"
         } else {
-            (
-                "email",
-                "the account does not auto-assign SMS tickets (no sms in \
-                 ticket-assignment.assignment_channels)",
-            )
-        }
+            "the account does not auto-assign SMS tickets (no sms in \
+             ticket-assignment.assignment_channels)"
+        };
+        (channel, why)
     });
     match (&ticketing.channel_override, from_account) {
         (Some(fixed), Some((rule, _))) => line(

@@ -118,6 +118,8 @@ pub struct Delivery {
     /// The problem a synchronous request would have received (JSON text): the last one while
     /// retrying, the final one when failed.
     pub problem: Option<String>,
+    /// The connection it was accepted for (empty: the default account).
+    pub connection: String,
 }
 
 /// `GET /tickets/{id}`: a delivery's status.
@@ -129,6 +131,9 @@ pub struct DeliveryStatus {
     pub status: Status,
     /// Attempts started so far.
     pub attempts: u32,
+    /// The connection it was accepted for (`Connection-Id`); absent for the default account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
     /// When it was accepted (RFC 3339).
     pub accepted_at: String,
     /// When the ticket was recorded (RFC 3339), once delivered.
@@ -160,6 +165,7 @@ impl Delivery {
             id: self.id.clone(),
             status: self.status,
             attempts: self.attempts,
+            connection_id: (!self.connection.is_empty()).then(|| self.connection.clone()),
             accepted_at: rfc3339(self.accepted_at),
             delivered_at: self.delivered_at.map(rfc3339),
             next_attempt_at: self.next_attempt_at.map(rfc3339),
@@ -279,6 +285,7 @@ fn delivery_row(row: &Row, offset: usize) -> (Delivery, String) {
             next_attempt_at: (status == Status::Queued).then(|| row.uint(offset + 5)),
             ticket: row.opt_text(offset + 6),
             problem: row.opt_text(offset + 7),
+            connection: row.text(offset + 9),
         },
         row.text(offset + 8),
     )
@@ -290,7 +297,7 @@ macro_rules! with_columns {
     ($before:literal, $after:literal) => {
         concat!(
             $before,
-            "id, status, attempts, accepted_at, delivered_at, next_attempt_at, ticket, problem, fingerprint",
+            "id, status, attempts, accepted_at, delivered_at, next_attempt_at, ticket, problem, fingerprint, connection",
             $after
         )
     };

@@ -89,6 +89,18 @@ impl std::str::FromStr for MessageChannel {
     }
 }
 
+/// The ticket channel an account's settings give (when `TICKET_CHANNEL` does not fix one):
+/// `phone` when the account auto-assigns SMS tickets (`sms` among the `ticket-assignment`
+/// setting's channels), else `email`. The one copy of the rule: the use case and the `check`
+/// preflight both read it here.
+pub fn channel_for(assignment_channels: &[String]) -> &'static str {
+    if assignment_channels.iter().any(|c| c == "sms") {
+        "phone"
+    } else {
+        "email"
+    }
+}
+
 /// Why a ticket could not be created.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TicketingError {
@@ -377,12 +389,7 @@ impl Ticketing {
         self.channel
             .try_get_with((), async move {
                 let channels = client.assignment_channels(deadline).await?;
-                let channel = if channels.iter().any(|c| c == "sms") {
-                    "phone"
-                } else {
-                    "email"
-                };
-                Ok::<_, GorgiasError>(channel.to_owned())
+                Ok::<_, GorgiasError>(channel_for(&channels).to_owned())
             })
             .await
             .map_err(|e| (*e).clone())

@@ -451,7 +451,7 @@ async fn kill_9_with_deliveries_queued_then_a_restart_delivers_each_exactly_once
 
 /// A webhook receiver: refuses its first request with 500 (so the sender must retry), then
 /// keeps every (headers, body) it gets.
-async fn receiver() -> (
+pub(crate) async fn receiver() -> (
     String,
     std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, bytes::Bytes)>>>,
 ) {

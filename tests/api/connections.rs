@@ -1102,3 +1102,69 @@ async fn a_backlog_on_one_connection_does_not_hold_back_another() {
     assert!(tickets(&slow) < 500);
     assert_eq!(slow.stats().rate_limited, 0, "{:?}", slow.stats());
 }
+
+#[tokio::test]
+async fn a_connections_deliveries_and_their_webhook_events_name_it() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (hook, got) = crate::asynchronous::receiver().await;
+    let default = account_sim(0).await;
+    let acme = account_sim(1).await;
+    let data = crate::helpers::temp_data_dir();
+    let mut config = multi_config(&default, &data, 1);
+    config.webhook = Some((hook.parse().unwrap(), SecretString::from(SECRET)));
+    config.delivery.base_backoff = Duration::from_millis(100);
+    let app = Deployment::start(config).await;
+    assert_eq!(app.put("acme", &body_for(&acme, 1)).await.status(), 201);
+    let accepted = post_async(&app, "acme").await;
+    let start = Instant::now();
+    let doc = loop {
+        let doc = status_of(&app, "acme", &accepted).await;
+        if doc["status"] == "delivered" {
+            break doc;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{doc}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(doc["connection_id"], "acme", "{doc}");
+    // The receiver refuses the first send; the retry brings it.
+    let start = Instant::now();
+    while got.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no event arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, body) = got.lock().unwrap()[0].clone();
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["type"], "ticket.delivered");
+    assert_eq!(event["data"]["connection_id"], "acme", "{event}");
+    // The default account's deliveries carry none.
+    let default_doc: Value = {
+        let resp = app
+            .http
+            .post(format!("{}/ticket", app.address))
+            .bearer_auth(CALLER_ALL)
+            .header("prefer", "respond-async")
+            .json(&example())
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    };
+    let doc: Value = app
+        .http
+        .get(format!(
+            "{}{}",
+            app.address,
+            default_doc["status_url"].as_str().unwrap()
+        ))
+        .bearer_auth(CALLER_ALL)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc.get("connection_id").is_none(), "{doc}");
+}
