@@ -337,6 +337,21 @@ struct Stored {
     /// Refreshes in flight, by connection and the version they replace: concurrent callers
     /// of one connection share one refresh.
     refreshes: moka::future::Cache<(ConnectionId, i64), Account>,
+    /// Connections whose last refresh failed (not refused): no proactive refresh for
+    /// [`REFRESH_COOL_DOWN`] while the old token lasts, so an outage of Gorgias's token
+    /// endpoint is not asked again on every request (Nango waits 30 s too).
+    cooling: moka::future::Cache<ConnectionId, ()>,
+}
+
+/// How long after a failed refresh the next proactive one waits.
+const REFRESH_COOL_DOWN: Duration = Duration::from_secs(30);
+
+/// Whether a refresh of `id` failed within the cool-down.
+async fn stored_cooling(accounts: &Accounts, id: &ConnectionId) -> bool {
+    match &accounts.0.stored {
+        Some(stored) => stored.cooling.contains_key(id),
+        None => false,
+    }
 }
 
 /// A cached handle and what it was built from.
@@ -381,6 +396,10 @@ impl Accounts {
             refreshes: moka::future::Cache::builder()
                 .max_capacity(CACHED_HANDLES)
                 .time_to_live(Duration::from_secs(10))
+                .build(),
+            cooling: moka::future::Cache::builder()
+                .max_capacity(CACHED_HANDLES)
+                .time_to_live(REFRESH_COOL_DOWN)
                 .build(),
         });
         Self(Arc::new(Registry {
@@ -476,7 +495,11 @@ impl Accounts {
         let cached = self.cached(id).await?;
         let now = now_ms();
         match cached.refresh_at {
-            Some(at) if now >= at && !cached.account.needs_reconnect() => {
+            Some(at)
+                if now >= at
+                    && !cached.account.needs_reconnect()
+                    && !stored_cooling(self, id).await =>
+            {
                 match self.refresh_from(id, cached.version).await {
                     Ok(account) => Ok(account),
                     // Refused: the handle, marked; sync requests are answered 503 and
@@ -632,6 +655,7 @@ impl Accounts {
                     }
                     gorgias::TokenError::Failed(why) => {
                         crate::metrics::token_refresh("failed");
+                        stored.cooling.insert(id.clone(), ()).await;
                         let _ = stored
                             .connections
                             .record_error(id, &format!("oauth_refresh_failed: {why}"))
@@ -770,7 +794,8 @@ impl Accounts {
             }
             Outcome::Refused(error) => {
                 account.set_needs_reconnect(true);
-                let version = stored.cache.get(id).await.map_or(0, |c| c.version);
+                // The version whose credentials were refused: a `PUT` since then stands.
+                let version = account.version;
                 tracing::warn!(connection_id = %id, "Gorgias refused a connection's credentials; it needs reconnecting");
                 stored.connections.record_refusal(id, version, error).await
             }
