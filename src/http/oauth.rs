@@ -87,6 +87,30 @@ fn signed_part(id: &str, subdomain: &str, base_url: &str, expires: &str) -> Stri
     format!("oauth-link\n{id}\n{subdomain}\n{base_url}\n{expires}")
 }
 
+/// What an install needs: the OAuth2 app, the database, and the key to seal tokens with.
+fn install_parts(
+    state: &AppState,
+) -> Result<
+    (
+        &crate::accounts::OAuth,
+        &crate::connections::Connections,
+        &crate::secrets::Keyring,
+    ),
+    ApiError,
+> {
+    let oauth = state.accounts.oauth().ok_or_else(oauth_off)?;
+    let connections = state
+        .accounts
+        .connections()
+        .ok_or(ApiError::ConnectionsOff(
+            "stored connections need a database",
+        ))?;
+    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
+        "CONNECTIONS_KEY is not set: tokens cannot be stored sealed",
+    ))?;
+    Ok((oauth, connections, keys))
+}
+
 fn oauth_off() -> ApiError {
     ApiError::ConnectionsOff(
         "OAuth2 installs need OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_REDIRECT_URL",
@@ -100,9 +124,7 @@ async fn authorize(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
-        "CONNECTIONS_KEY is not set: tokens cannot be stored sealed",
-    ))?;
+    let (oauth, connections, keys) = install_parts(&state)?;
     let admin = super::auth::bearer_of(&headers)
         .is_some_and(|t| !state.admin.is_open() && state.admin.accepts(t));
     let signed = match (get("expires"), get("sig")) {
@@ -123,13 +145,6 @@ async fn authorize(
     if !admin && !signed {
         return Err(ApiError::Unauthorized);
     }
-    let oauth = state.accounts.oauth().ok_or_else(oauth_off)?;
-    let connections = state
-        .accounts
-        .connections()
-        .ok_or(ApiError::ConnectionsOff(
-            "stored connections need a database",
-        ))?;
     let install = install(
         &state,
         get("connection_id"),
@@ -169,10 +184,7 @@ async fn link(
     Path(raw): Path<String>,
     body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
-        "CONNECTIONS_KEY is not set: tokens cannot be stored sealed",
-    ))?;
-    state.accounts.oauth().ok_or_else(oauth_off)?;
+    let (_, _, keys) = install_parts(&state)?;
     let Json(body) = body.map_err(|_| ApiError::UnreadableBody)?;
     let text = |k: &str| body.get(k).and_then(serde_json::Value::as_str);
     let install = install(&state, Some(&raw), text("subdomain"), text("base_url"))?;
@@ -207,16 +219,7 @@ async fn callback(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let oauth = state.accounts.oauth().ok_or_else(oauth_off)?;
-    let connections = state
-        .accounts
-        .connections()
-        .ok_or(ApiError::ConnectionsOff(
-            "stored connections need a database",
-        ))?;
-    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
-        "CONNECTIONS_KEY is not set: tokens cannot be stored sealed",
-    ))?;
+    let (oauth, connections, keys) = install_parts(&state)?;
     let Some(state_token) = q.get("state").filter(|s| !s.is_empty() && s.len() <= 256) else {
         return Err(ApiError::OAuthState);
     };

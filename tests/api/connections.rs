@@ -34,6 +34,21 @@ async fn account_sim(i: usize) -> Simulator {
     .unwrap()
 }
 
+/// The simulator of account `i`, limiting calls as `rate` (Gorgias: 40 per 20 s).
+async fn limited_sim(i: usize, rate: (u32, Duration)) -> Simulator {
+    Simulator::spawn(
+        SimConfig {
+            username: format!("agent{i}@example.com"),
+            api_key: format!("api-key-{i}-s3cr3t"),
+            rate_limit: Some(rate),
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap()
+}
+
 /// A connection's body for simulator `i`.
 fn body_for(sim: &Simulator, i: usize) -> Value {
     json!({
@@ -504,17 +519,7 @@ async fn deleting_a_connection_with_queued_deliveries_needs_force_and_fails_them
 async fn two_connections_to_one_account_share_its_budget_and_meet_no_429() {
     // The simulator enforces 20 calls per 2 s; both connections pace at that rate, against
     // one budget: together they never exceed it.
-    let shared = Simulator::spawn(
-        SimConfig {
-            username: "agent1@example.com".into(),
-            api_key: "api-key-1-s3cr3t".into(),
-            rate_limit: Some((20, Duration::from_secs(2))),
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .unwrap();
+    let shared = limited_sim(1, (20, Duration::from_secs(2))).await;
     let default = account_sim(0).await;
     let data = crate::helpers::temp_data_dir();
     let app = Deployment::start(multi_config(&default, &data, 1)).await;
@@ -1050,17 +1055,7 @@ async fn post_async_body(app: &Deployment, connection: &str, body: &Value) -> Va
 #[tokio::test]
 async fn a_backlog_on_one_connection_does_not_hold_back_another() {
     // A: 500 deliveries queued behind Gorgias's 40 calls per 20 s.
-    let slow = Simulator::spawn(
-        SimConfig {
-            username: "agent1@example.com".into(),
-            api_key: "api-key-1-s3cr3t".into(),
-            rate_limit: Some((40, Duration::from_secs(20))),
-            ..SimConfig::default()
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .unwrap();
+    let slow = limited_sim(1, (40, Duration::from_secs(20))).await;
     let fast = account_sim(2).await;
     let default = account_sim(0).await;
     let data = crate::helpers::temp_data_dir();
