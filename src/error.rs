@@ -87,9 +87,10 @@ pub enum ApiError {
          and delete it anyway"
     )]
     ConnectionHasDeliveries(u64),
-    /// 503: the admin API cannot store connections in this deployment (why).
+    /// 404: a feature this deployment was not set up for (why, and which setting enables it).
+    /// Not a 5xx: nothing failed, and a caller probing the route must not page anyone.
     #[error("{0}")]
-    ConnectionsOff(&'static str),
+    NotEnabled(&'static str),
     /// 400: an OAuth2 callback's `state` is unknown, used before, or lapsed.
     #[error(
         "this OAuth2 callback's state is unknown, was used already, or has expired; start the \
@@ -250,11 +251,7 @@ impl ApiError {
                 "connection_has_deliveries",
                 "Connection has queued deliveries",
             ),
-            Self::ConnectionsOff(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "connections_unavailable",
-                "Connections unavailable",
-            ),
+            Self::NotEnabled(_) => (StatusCode::NOT_FOUND, "not_enabled", "Not enabled here"),
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path", "Invalid path"),
             Self::OAuthState => (
                 StatusCode::BAD_REQUEST,

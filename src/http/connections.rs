@@ -43,7 +43,7 @@ pub(crate) async fn require_admin(
 }
 
 fn stored(state: &AppState) -> Result<&Connections, ApiError> {
-    state.accounts.connections().ok_or(ApiError::ConnectionsOff(
+    state.accounts.connections().ok_or(ApiError::NotEnabled(
         "stored connections need a database (OUTBOX_URL is off)",
     ))
 }
@@ -79,7 +79,7 @@ async fn put(
         _ => ApiError::UnreadableBody,
     })?;
     let spec = parse_spec(&body, state.allow_custom_base_urls).map_err(ApiError::Invalid)?;
-    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
+    let keys = state.accounts.keys().ok_or(ApiError::NotEnabled(
         "CONNECTIONS_KEY is not set: secrets cannot be stored sealed",
     ))?;
     let created = connections

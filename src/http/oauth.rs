@@ -102,17 +102,15 @@ fn install_parts(
     let connections = state
         .accounts
         .connections()
-        .ok_or(ApiError::ConnectionsOff(
-            "stored connections need a database",
-        ))?;
-    let keys = state.accounts.keys().ok_or(ApiError::ConnectionsOff(
+        .ok_or(ApiError::NotEnabled("stored connections need a database"))?;
+    let keys = state.accounts.keys().ok_or(ApiError::NotEnabled(
         "CONNECTIONS_KEY is not set: tokens cannot be stored sealed",
     ))?;
     Ok((oauth, connections, keys))
 }
 
 fn oauth_off() -> ApiError {
-    ApiError::ConnectionsOff(
+    ApiError::NotEnabled(
         "OAuth2 installs need OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_REDIRECT_URL",
     )
 }

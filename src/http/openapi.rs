@@ -64,6 +64,8 @@ use crate::output::{Assignee, Attachment, Message, Tag, Ticket, User};
         (status = 401, description = "Missing or unknown bearer token",
          body = Problem, content_type = "application/problem+json",
          headers(("WWW-Authenticate" = String), ("X-Request-Id" = String))),
+        (status = 404, description = "`Connection-Id` names no connection this caller may use (`unknown_connection`)",
+         body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
         (status = 409, description = "The same Idempotency-Key is still in progress",
          body = Problem, content_type = "application/problem+json", headers(("X-Request-Id" = String))),
         (status = 413, description = "Body over the size limit",
@@ -158,8 +160,8 @@ struct ConnectionBody {
         (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Values break the rules (e.g. a base_url where not allowed)",
          body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No database, or no CONNECTIONS_KEY", body = Problem,
-         content_type = "application/problem+json")),
+        (status = 404, description = "`not_enabled`: this deployment has no database for connections, or no CONNECTIONS_KEY", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn put_connection_doc() {}
@@ -171,7 +173,8 @@ fn put_connection_doc() {}
     responses(
         (status = 200, description = "The connection", body = crate::connections::View),
         (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json")),
+        (status = 404, description = "No such connection (`unknown_connection`), or `not_enabled` here", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn get_connection_doc() {}
@@ -184,7 +187,9 @@ fn get_connection_doc() {}
     responses(
         (status = 200, description = "A page", body = crate::http::connections::ConnectionPage),
         (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json")),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_enabled`: this deployment has no database for connections, or no CONNECTIONS_KEY", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn list_connections_doc() {}
@@ -198,9 +203,10 @@ fn list_connections_doc() {}
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection (`unknown_connection`), or `not_enabled` here", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Deliveries are queued for it (`connection_has_deliveries`)",
-         body = Problem, content_type = "application/problem+json")),
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn delete_connection_doc() {}
@@ -214,7 +220,8 @@ fn delete_connection_doc() {}
         (status = 200, description = "`{ok, target, calls_spent, checks: [{name, status, detail}]}`",
          content_type = "application/json"),
         (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json")),
+        (status = 404, description = "No such connection (`unknown_connection`), or `not_enabled` here", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn check_connection_doc() {}
@@ -234,7 +241,8 @@ fn check_connection_doc() {}
         (status = 302, description = "To Gorgias's consent page"),
         (status = 400, description = "A bad connection id or account", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Neither an admin token nor a valid signed link", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "OAUTH_* or CONNECTIONS_KEY not set", body = Problem, content_type = "application/problem+json")),
+        (status = 404, description = "`not_enabled`: OAUTH_*, CONNECTIONS_KEY or the database not set up", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security((), ("admin" = [])))]
 #[allow(dead_code)]
 fn oauth_authorize_doc() {}
@@ -251,7 +259,9 @@ fn oauth_authorize_doc() {}
         (status = 200, description = "`{connection_id, status: connected}`", content_type = "application/json"),
         (status = 400, description = "`invalid_oauth_state` (unknown, replayed, expired) or `oauth_refused`",
          body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Gorgias's token endpoint failed", body = Problem, content_type = "application/problem+json")),
+        (status = 404, description = "`not_enabled`: OAUTH_*, CONNECTIONS_KEY or the database not set up", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Gorgias's token endpoint failed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The connections' database cannot be read (`connections_unavailable`)", body = Problem, content_type = "application/problem+json")),
     security(()))]
 #[allow(dead_code)]
 fn oauth_callback_doc() {}
@@ -266,7 +276,8 @@ fn oauth_callback_doc() {}
     responses(
         (status = 200, description = "`{url, expires_at}`", content_type = "application/json"),
         (status = 400, description = "A bad connection id or account", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json")),
+        (status = 401, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_enabled`: CONNECTIONS_KEY not set", body = Problem, content_type = "application/problem+json")),
     security(("admin" = [])))]
 #[allow(dead_code)]
 fn oauth_link_doc() {}

@@ -1163,3 +1163,35 @@ async fn a_connections_deliveries_and_their_webhook_events_name_it() {
         .unwrap();
     assert!(doc.get("connection_id").is_none(), "{doc}");
 }
+
+/// A deployment that was not set up for OAuth2 or stored connections answers their routes with
+/// a 404 naming the setting: nothing failed, so nothing may look like an outage (a 5xx pages
+/// someone). Before, these were 503 `connections_unavailable`, which schemathesis caught.
+#[tokio::test]
+async fn routes_of_a_feature_that_is_not_set_up_answer_404_not_enabled() {
+    let acme = account_sim(1).await;
+    let data = crate::helpers::temp_data_dir();
+    let mut config = multi_config(&acme, &data, 1);
+    config.connections_key = None;
+    let app = Deployment::start(config).await;
+    let http = no_redirects();
+    for path in [
+        "/oauth/callback?code=&state=x",
+        "/oauth/authorize?connection_id=&sig=&expires=0",
+    ] {
+        let resp = http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let p: Value = resp.json().await.unwrap();
+        assert_eq!(p["code"], "not_enabled", "{path}");
+        assert!(p["detail"].as_str().unwrap().contains("OAUTH_"), "{p}");
+    }
+    let resp = app.put("acme", &body_for(&acme, 1)).await;
+    assert_eq!(resp.status(), 404);
+    let p: Value = resp.json().await.unwrap();
+    assert_eq!(p["code"], "not_enabled");
+    assert!(p["detail"].as_str().unwrap().contains("CONNECTIONS_KEY"));
+}
