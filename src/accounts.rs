@@ -166,8 +166,9 @@ pub struct AccountFactory {
     ticketing: TicketingSettings,
     rules: Rules,
     redis: Option<RedisConn>,
-    /// One pacer per Gorgias account (base URL), shared by its connections.
-    pacers: Mutex<HashMap<String, Pacer>>,
+    /// One pacer per Gorgias account (base URL), shared by its connections, with the rate it
+    /// was built for.
+    pacers: Mutex<HashMap<String, (Option<(u32, std::time::Duration)>, Pacer)>>,
 }
 
 /// What a connection may set differently from the deployment's defaults.
@@ -287,7 +288,17 @@ impl AccountFactory {
             .pacers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(pacer) = pacers.get(&account) {
+        if let Some((rate, pacer)) = pacers.get(&account) {
+            // Gorgias counts one budget per account, so its connections share one pacer: the
+            // first one built sets its rate. A connection configured otherwise is paced at
+            // that rate, not its own; say so, since its `rate_limit` is then not what applies.
+            if *rate != settings.rate_limit {
+                tracing::warn!(
+                    account = %client.base_url().host_str().unwrap_or_default(),
+                    "connections to one Gorgias account have different rate limits; they share \
+                     the budget of the first one used (give them the same rate_limit)"
+                );
+            }
             return pacer.clone();
         }
         let mut pacer = Pacer::with_replicas(settings.rate_limit, settings.replicas);
@@ -295,7 +306,7 @@ impl AccountFactory {
             let limiter = SharedLimiter::new(conn.clone(), &account, budget);
             pacer = pacer.shared(Arc::new(limiter));
         }
-        pacers.insert(account, pacer.clone());
+        pacers.insert(account, (settings.rate_limit, pacer.clone()));
         pacer
     }
 }
