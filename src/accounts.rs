@@ -158,6 +158,9 @@ pub enum AccountError {
     NeedsReconnect(ConnectionId),
 }
 
+/// Calls per window, or `None` for pacing off (as `ClientSettings::rate_limit`).
+type Rate = Option<(u32, std::time::Duration)>;
+
 /// Builds account handles: the parts every account shares (HTTP pools, Redis, the per-account
 /// budgets) and the defaults each connection may override.
 pub struct AccountFactory {
@@ -168,7 +171,7 @@ pub struct AccountFactory {
     redis: Option<RedisConn>,
     /// One pacer per Gorgias account (base URL), shared by its connections, with the rate it
     /// was built for.
-    pacers: Mutex<HashMap<String, (Option<(u32, std::time::Duration)>, Pacer)>>,
+    pacers: Mutex<HashMap<String, (Rate, Pacer)>>,
 }
 
 /// What a connection may set differently from the deployment's defaults.
