@@ -841,12 +841,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_lapsed_lease_is_claimed_again_and_a_retry_waits_its_turn() {
+        // Wide enough that a loaded CI machine (each write is fsynced) cannot
+        // let a lease or a backoff lapse between two statements: at 50 and
+        // 100 ms it did.
+        const LEASE: Duration = Duration::from_secs(1);
+        const BACKOFF: Duration = Duration::from_secs(2);
         let (outbox, dir) = temp_outbox().await;
         let Accepted::New(d) = outbox.accept("c", "", None, "f", b"{}").await.unwrap() else {
             panic!("new")
         };
         let first = outbox
-            .claim(Duration::from_millis(50))
+            .claim(LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -857,7 +862,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
         let again = outbox
             .claim(Duration::from_secs(10))
             .await
@@ -876,7 +881,7 @@ mod tests {
         );
         assert!(
             outbox
-                .retry_after(&again, Duration::from_millis(100), "{}".into())
+                .retry_after(&again, BACKOFF, "{}".into())
                 .await
                 .unwrap()
         );
@@ -890,7 +895,7 @@ mod tests {
         let queued = outbox.get("c", &d.id).await.unwrap().unwrap();
         assert_eq!(queued.status, Status::Queued);
         assert!(queued.next_attempt_at.is_some());
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(BACKOFF + Duration::from_millis(100)).await;
         assert!(
             outbox
                 .claim(Duration::from_secs(10))
