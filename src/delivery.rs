@@ -54,7 +54,7 @@ pub fn start(state: &AppState, stop: &CancellationToken) {
 async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: CancellationToken) {
     while !stop.is_cancelled() {
         match outbox.claim_webhook(Duration::from_secs(60)).await {
-            Ok(Some((delivery, attempts, finished_at))) => {
+            Ok(Some((delivery, attempts, finished_at, attempt_trace))) => {
                 let kind = if delivery.status == Status::Delivered {
                     "ticket.delivered"
                 } else {
@@ -66,7 +66,13 @@ async fn notify(state: AppState, outbox: Outbox, webhooks: Webhooks, stop: Cance
                     data: delivery.document(),
                 };
                 let body = serde_json::to_vec(&event).unwrap_or_default();
-                let outcome = webhooks.send(&format!("msg_{}", delivery.id), body).await;
+                let outcome = webhooks
+                    .send(
+                        &format!("msg_{}", delivery.id),
+                        body,
+                        attempt_trace.as_deref(),
+                    )
+                    .await;
                 let recorded = match outcome {
                     Ok(()) => {
                         crate::metrics::webhook("sent");
@@ -180,7 +186,7 @@ async fn work(
             .claim_fairly(state.delivery.lease, &busy, &turns.last())
             .await
         {
-            Ok(Some(claimed)) => {
+            Ok(Some(mut claimed)) => {
                 turns.claimed(&claimed.connection);
                 if let Ok(account) = state.accounts.for_delivery(&claimed.connection).await
                     && let Some(wait) = budget_wait(&account)
@@ -197,11 +203,24 @@ async fn work(
                 // request's name its request id: the status document's `problem.request_id`
                 // is this id, and so is the `delivery_id` of the lines an operator greps for.
                 let id = claimed.id.clone();
-                let span = tracing::info_span!("delivery", delivery_id = %id);
-                crate::request_id::REQUEST_ID
-                    .scope(id, attempt(&state, &outbox, claimed))
-                    .instrument(span)
-                    .await;
+                let span = tracing::info_span!(
+                    "delivery",
+                    delivery_id = %id,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty
+                );
+                // Each attempt is a trace of its own, linked to the request that accepted it.
+                let trace =
+                    crate::traces::delivery_span(claimed.attempts, claimed.trace_parent.as_deref());
+                crate::traces::stamp(&span, &trace);
+                claimed.attempt_trace = crate::traces::traceparent(&trace);
+                crate::traces::scope(
+                    trace,
+                    crate::request_id::REQUEST_ID
+                        .scope(id, attempt(&state, &outbox, claimed))
+                        .instrument(span),
+                )
+                .await;
             }
             Ok(None) => {
                 // New work wakes us at once; retries come due on the tick.
@@ -254,6 +273,7 @@ async fn attempt(state: &AppState, outbox: &Outbox, claimed: Claimed) {
                 .await
         }
         Err((err, permanent)) => {
+            crate::traces::record_failure(&crate::traces::current(), err.parts().1);
             let problem = serde_json::to_string(&err.problem()).unwrap_or_default();
             if permanent || age >= state.delivery.max_age {
                 tracing::warn!(

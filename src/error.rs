@@ -556,9 +556,15 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        resp.extensions_mut().insert(ProblemCode(code));
         resp
     }
 }
+
+/// The problem `code` of an error answer, carried to the request's trace span (which sees the
+/// response, not the error it came from).
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
 
 impl From<GorgiasError> for ApiError {
     fn from(e: GorgiasError) -> Self {

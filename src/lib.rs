@@ -12,6 +12,7 @@
 //! Its modules, from the edge inwards (a module imports only those below it):
 //! - [`config`]: every setting, parsed and checked once.
 //! - [`telemetry`]: log setup and PII masking.
+//! - [`traces`]: OpenTelemetry traces (OTLP export, `traceparent` in and out), off by default.
 //! - [`app`]: server build/run around the state, graceful shutdown.
 //! - [`state`]: what every handler reaches (accounts, stores, callers, readiness).
 //! - [`accounts`]: the Gorgias accounts (the default one and stored connections), each a
@@ -65,4 +66,5 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ticketing;
+pub mod traces;
 pub mod webhooks;

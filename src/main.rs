@@ -4,7 +4,7 @@
 use clap::Parser;
 use gorgias_proxy::app::{Application, shutdown_signal};
 use gorgias_proxy::config::{Cli, Command, ConnectionsCommand};
-use gorgias_proxy::{commands, sandbox, telemetry};
+use gorgias_proxy::{commands, sandbox, telemetry, traces};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -44,14 +44,21 @@ async fn main() -> anyhow::Result<()> {
         };
         std::process::exit(commands::rekey(&config).await);
     }
+    let traces = traces::from_env().map_err(anyhow::Error::msg)?;
     telemetry::init(
         telemetry::LogFormat::from_setting(cli.log_format.as_deref()),
         "info,gorgias_proxy=info",
+        traces.as_ref(),
     );
     let is_sandbox = cli.sandbox;
     let mut config = cli.into_config()?;
     let _sim = sandbox::attach_if(is_sandbox, &mut config).await?;
     let app = Application::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "gorgias-proxy listening");
-    app.run_until_stopped(shutdown_signal()).await
+    let served = app.run_until_stopped(shutdown_signal()).await;
+    if let Some(traces) = traces {
+        // Bounded: a collector that hangs must not hold the exit.
+        traces.shutdown(std::time::Duration::from_secs(2));
+    }
+    served
 }

@@ -99,7 +99,14 @@ fn declare() {
         "gorgias_proxy_tickets_reconciled_total",
         "Ticket creates of unknown outcome found by external_id"
     );
+    metrics::describe_counter!(
+        "gorgias_proxy_trace_spans_dropped_total",
+        "Trace spans dropped: the export queue was full, or the collector did not take them"
+    );
     gauge!("gorgias_proxy_http_requests_in_flight").set(0.0);
+    for reason in ["queue_full", "export_failed"] {
+        counter!("gorgias_proxy_trace_spans_dropped_total", "reason" => reason).absolute(0);
+    }
     counter!("gorgias_proxy_gorgias_retries_total").absolute(0);
     counter!("gorgias_proxy_rate_limiter_waits_total").absolute(0);
     counter!("gorgias_proxy_idempotency_replays_total").absolute(0);
@@ -194,6 +201,12 @@ pub fn delivery(outcome: &'static str) {
 /// A webhook send ended: `sent`, `retry` or `gave_up`.
 pub fn webhook(outcome: &'static str) {
     counter!("gorgias_proxy_webhooks_total", "outcome" => outcome).increment(1);
+}
+
+/// `n` trace spans were dropped: `queue_full` (the export queue was full: the collector is slow
+/// or hangs) or `export_failed` (the collector refused them or could not be reached).
+pub fn trace_spans_dropped(reason: &'static str, n: u64) {
+    counter!("gorgias_proxy_trace_spans_dropped_total", "reason" => reason).increment(n);
 }
 
 /// An OAuth2 refresh ended: `refreshed`, `refused` (the connection needs reconnecting) or

@@ -212,6 +212,11 @@ pub struct Claimed {
     /// This claim's token: every write about the attempt must still match it, so a worker
     /// whose lease lapsed (and whose delivery another worker took over) changes nothing.
     pub owner: String,
+    /// The `traceparent` of the span that accepted it (traces on).
+    pub trace_parent: Option<String>,
+    /// The `traceparent` of this attempt's span (traces on), stored when the attempt finishes
+    /// the delivery: its webhook carries it.
+    pub attempt_trace: Option<String>,
 }
 
 /// Counts for metrics.
@@ -324,6 +329,7 @@ impl Outbox {
     /// Writes a delivery, durably, or finds the one this caller's key already names. A keyed
     /// delivery's ticket `external_id` is derived from the caller, the key and the body (as a
     /// synchronous request's is), so a keyed retry after a lost row still finds the ticket.
+    /// `trace_parent` is the accepting span's, for the attempts' links.
     ///
     /// # Errors
     /// When the database cannot be written.
@@ -334,6 +340,7 @@ impl Outbox {
         key: Option<&str>,
         fingerprint: &str,
         request: &[u8],
+        trace_parent: Option<&str>,
     ) -> Result<Accepted, OutboxError> {
         let key = key.map(|k| format!("{caller}:{k}"));
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -346,8 +353,9 @@ impl Outbox {
             .query_opt(
                 with_columns!(
                     "INSERT INTO deliveries (id, caller, idem_key, fingerprint, request, \
-                     external_id, status, accepted_at, next_attempt_at, connection) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', {now}, {now}, $7) \
+                     external_id, status, accepted_at, next_attempt_at, connection, \
+                     trace_parent) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', {now}, {now}, $7, $8) \
                      ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING RETURNING ",
                     ""
                 ),
@@ -359,6 +367,7 @@ impl Outbox {
                     request.to_vec().into(),
                     external_id.into(),
                     connection.into(),
+                    trace_parent.map(str::to_owned).into(),
                 ],
             )
             .await?;
@@ -434,7 +443,8 @@ impl Outbox {
                                     = ',' || CAST($4 AS TEXT) || ',' \
                               ORDER BY (connection <= CAST($5 AS TEXT)), connection, seq \
                               LIMIT 1 {skip_locked}) \
-                 RETURNING id, request, external_id, attempts, accepted_at, connection, problem",
+                 RETURNING id, request, external_id, attempts, accepted_at, connection, problem, \
+                           trace_parent",
                 vec![
                     ms(lease).into(),
                     ms(self.inner.settle).into(),
@@ -455,6 +465,8 @@ impl Outbox {
             connection: r.text(5),
             last_problem: r.opt_text(6),
             owner,
+            trace_parent: r.opt_text(7),
+            attempt_trace: None,
         }))
     }
 
@@ -537,13 +549,15 @@ impl Outbox {
             .execute(
                 "UPDATE deliveries SET status = 'delivered', delivered_at = {now}, \
                  finished_at = {now}, ticket = $3, problem = NULL, request = NULL, \
-                 lease_until = NULL, owner = NULL, webhook = $4, webhook_next_at = {now} \
+                 lease_until = NULL, owner = NULL, webhook = $4, webhook_next_at = {now}, \
+                 attempt_trace = $5 \
                  WHERE id = $1 AND owner = $2 AND status = 'delivering'",
                 vec![
                     claimed.id.clone().into(),
                     claimed.owner.clone().into(),
                     ticket.into(),
                     webhook.then_some("pending").into(),
+                    claimed.attempt_trace.clone().into(),
                 ],
             )
             .await?;
@@ -566,13 +580,14 @@ impl Outbox {
             .execute(
                 "UPDATE deliveries SET status = 'failed', problem = $3, request = NULL, \
                  lease_until = NULL, owner = NULL, finished_at = {now}, webhook = $4, \
-                 webhook_next_at = {now} \
+                 webhook_next_at = {now}, attempt_trace = $5 \
                  WHERE id = $1 AND owner = $2 AND status = 'delivering'",
                 vec![
                     claimed.id.clone().into(),
                     claimed.owner.clone().into(),
                     problem.into(),
                     webhook.then_some("pending").into(),
+                    claimed.attempt_trace.clone().into(),
                 ],
             )
             .await?;
@@ -610,14 +625,15 @@ impl Outbox {
 
     /// Claims the earliest finished delivery whose webhook is due, for `lease` (a crashed
     /// sender's event is sent again after it: receivers dedupe by `webhook-id`). Returns the
-    /// delivery, its webhook attempts including this one, and when it finished (Unix ms).
+    /// delivery, its webhook attempts including this one, when it finished (Unix ms), and the
+    /// `traceparent` of the attempt that finished it.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub async fn claim_webhook(
         &self,
         lease: Duration,
-    ) -> Result<Option<(Delivery, u32, u64)>, OutboxError> {
+    ) -> Result<Option<(Delivery, u32, u64, Option<String>)>, OutboxError> {
         let row = self
             .store()
             .query_opt(
@@ -627,7 +643,7 @@ impl Outbox {
                      WHERE seq = (SELECT seq FROM deliveries \
                                   WHERE webhook = 'pending' AND webhook_next_at <= {now} \
                                   ORDER BY seq LIMIT 1 {skip_locked}) \
-                     RETURNING webhook_attempts, finished_at, ",
+                     RETURNING webhook_attempts, finished_at, attempt_trace, ",
                     ""
                 ),
                 vec![ms(lease).into()],
@@ -638,7 +654,7 @@ impl Outbox {
             let finished = r
                 .opt_int(1)
                 .map_or_else(now_ms, |v| u64::try_from(v).unwrap_or(0));
-            (delivery_row(&r, 2).0, attempts, finished)
+            (delivery_row(&r, 3).0, attempts, finished, r.opt_text(2))
         }))
     }
 
@@ -783,23 +799,27 @@ mod tests {
     #[tokio::test]
     async fn accept_claim_deliver_and_replay_by_key() {
         let (outbox, dir) = temp_outbox().await;
-        let Accepted::New(d) = outbox.accept("c", "", Some("k"), "f", b"{}").await.unwrap() else {
+        let Accepted::New(d) = outbox
+            .accept("c", "", Some("k"), "f", b"{}", None)
+            .await
+            .unwrap()
+        else {
             panic!("new")
         };
         assert!(matches!(
-            outbox.accept("c", "", Some("k"), "f", b"{}").await.unwrap(),
+            outbox.accept("c", "", Some("k"), "f", b"{}", None).await.unwrap(),
             Accepted::Existing(e) if e.id == d.id
         ));
         assert!(matches!(
             outbox
-                .accept("c", "", Some("k"), "other", b"{}")
+                .accept("c", "", Some("k"), "other", b"{}", None)
                 .await
                 .unwrap(),
             Accepted::Mismatch
         ));
         // Another caller's key is another delivery, and it cannot see this one.
         assert!(matches!(
-            outbox.accept("c2", "", Some("k"), "f", b"{}").await.unwrap(),
+            outbox.accept("c2", "", Some("k"), "f", b"{}", None).await.unwrap(),
             Accepted::New(e) if e.id != d.id
         ));
         assert!(outbox.get("c2", &d.id).await.unwrap().is_none());
@@ -817,7 +837,7 @@ mod tests {
             crate::idempotency::external_id("c:k", "f")
         );
         assert!(outbox.delivered(&claimed, &ticket(), true).await.unwrap());
-        let (event, attempts, _) = outbox
+        let (event, attempts, _, _) = outbox
             .claim_webhook(Duration::from_secs(10))
             .await
             .unwrap()
@@ -847,14 +867,14 @@ mod tests {
         const LEASE: Duration = Duration::from_secs(1);
         const BACKOFF: Duration = Duration::from_secs(2);
         let (outbox, dir) = temp_outbox().await;
-        let Accepted::New(d) = outbox.accept("c", "", None, "f", b"{}").await.unwrap() else {
-            panic!("new")
-        };
-        let first = outbox
-            .claim(LEASE)
+        let Accepted::New(d) = outbox
+            .accept("c", "", None, "f", b"{}", None)
             .await
             .unwrap()
-            .unwrap();
+        else {
+            panic!("new")
+        };
+        let first = outbox.claim(LEASE).await.unwrap().unwrap();
         assert!(
             outbox
                 .claim(Duration::from_secs(10))

@@ -32,7 +32,8 @@ impl LogFormat {
 const DRIVER_CAPS: &[&str] = &["tokio_postgres=info", "postgres=info", "rusqlite=info"];
 
 /// `RUST_LOG` (else `default_filter`), with the database drivers capped (see
-/// [`DRIVER_CAPS`]).
+/// [`DRIVER_CAPS`]). The spans and events meant for traces
+/// ([`crate::traces::TRACE_TARGET`]) are never log lines.
 pub fn filter(rust_log: Option<&str>, default_filter: &str) -> EnvFilter {
     let mut filter = rust_log
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -42,22 +43,60 @@ pub fn filter(rust_log: Option<&str>, default_filter: &str) -> EnvFilter {
             filter = filter.add_directive(directive);
         }
     }
+    if let Ok(directive) = format!("{}=off", crate::traces::TRACE_TARGET).parse() {
+        filter = filter.add_directive(directive);
+    }
     filter
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over `default_filter`.
-pub fn init(format: LogFormat, default_filter: &str) {
+///
+/// Without traces this is the log layer alone, with its filter global, exactly as before traces
+/// existed: trace-only spans are disabled at their call site. With traces, the log layer keeps
+/// that filter as its own, and the OpenTelemetry layer sees only the spans and events meant for
+/// traces ([`crate::traces::TRACE_TARGET`]), whatever `RUST_LOG` says.
+pub fn init(format: LogFormat, default_filter: &str, traces: Option<&crate::traces::Pipeline>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter(rust_log.as_deref(), default_filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder
+    let Some(pipeline) = traces else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        let _ = match format {
+            LogFormat::Json => builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init(),
+            LogFormat::Pretty => builder.try_init(),
+        };
+        return;
+    };
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(pipeline.tracer())
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(crate::traces::TRACE_TARGET, tracing::Level::TRACE),
+        );
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
 }
 
 /// `+33612345689` → `+33******89`: enough to tell numbers apart in an incident, not to call.

@@ -19,6 +19,7 @@ use crate::coordination::{LockToken, SharedCustomers};
 use crate::domain::{NewTicket, PhoneNumber, normalize_phone};
 use crate::output::{MappingError, Ticket};
 use crate::telemetry::{mask_email, mask_phone};
+use crate::traces::TRACE_TARGET;
 
 /// How the use case caches and decides.
 #[derive(Debug, Clone)]
@@ -323,6 +324,7 @@ impl Ticketing {
             tries += 1;
             if !attempt.fence.may_create().await {
                 tracing::warn!("the claim on this ticket was lost; not creating");
+                tracing::info!(target: TRACE_TARGET, "idempotency lease lost");
                 return Err(self.unknown(attempt, Duration::from_secs(1), Unknown::ClaimLost));
             }
             let err = match self.client.create_ticket(body, deadline).await {
@@ -354,7 +356,17 @@ impl Ticketing {
         }
     }
 
+    /// Looks for the ticket a create of unknown outcome may have left; its Gorgias calls are
+    /// marked as a reconcile in their trace spans.
     async fn find_ticket(
+        &self,
+        external_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<gorgias::Ticket>, GorgiasError> {
+        gorgias::reconciling(self.find_ticket_now(external_id, deadline)).await
+    }
+
+    async fn find_ticket_now(
         &self,
         external_id: &str,
         deadline: Instant,
@@ -412,7 +424,11 @@ impl Ticketing {
             .or_try_insert_with(self.resolve_shared(&key, t, deadline))
             .await
             .map_err(|e| (*e).clone())?;
-        crate::metrics::customer_cache(!entry.is_fresh());
+        let hit = !entry.is_fresh();
+        crate::metrics::customer_cache(hit);
+        if hit {
+            tracing::info!(target: TRACE_TARGET, "customer cache hit");
+        }
         Ok(entry.into_value())
     }
 
@@ -428,7 +444,10 @@ impl Ticketing {
             return self.resolve_customer(t, deadline).await;
         };
         match shared.get(key).await {
-            Ok(Some(c)) => return Ok(c),
+            Ok(Some(c)) => {
+                tracing::info!(target: TRACE_TARGET, "customer shared cache hit");
+                return Ok(c);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "shared customer cache unavailable");
@@ -509,6 +528,7 @@ impl Ticketing {
             email = %email.map(mask_email).unwrap_or_default(),
             "creating a Gorgias customer"
         );
+        tracing::info!(target: TRACE_TARGET, "customer create");
         let mut tries = 0;
         loop {
             tries += 1;
@@ -536,7 +556,8 @@ impl Ticketing {
                     if matches!(e, GorgiasError::Rejected { status: 409, .. })
                         || e.is_ambiguous() =>
                 {
-                    if let Some(found) = self.lookup_customer(t, deadline).await? {
+                    let found = gorgias::reconciling(self.lookup_customer(t, deadline)).await?;
+                    if let Some(found) = found {
                         return Ok(found);
                     }
                     if !e.is_ambiguous() || tries >= MAX_CREATE_TRIES {
@@ -554,6 +575,7 @@ impl Ticketing {
         t: &NewTicket,
         deadline: Instant,
     ) -> Result<Option<Customer>, GorgiasError> {
+        tracing::info!(target: TRACE_TARGET, "customer search");
         if let Some(email) = &t.email {
             let found = self
                 .client

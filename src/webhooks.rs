@@ -75,11 +75,17 @@ impl Webhooks {
         })
     }
 
-    /// Signs and POSTs one event.
+    /// Signs and POSTs one event, with the `traceparent` of the delivery attempt it reports
+    /// (traces on), so the receiver's work joins that attempt's trace.
     ///
     /// # Errors
     /// A [`WebhookError`] when the receiver did not take it.
-    pub async fn send(&self, msg_id: &str, body: Vec<u8>) -> Result<(), WebhookError> {
+    pub async fn send(
+        &self,
+        msg_id: &str,
+        body: Vec<u8>,
+        traceparent: Option<&str>,
+    ) -> Result<(), WebhookError> {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -87,9 +93,11 @@ impl Webhooks {
             .signer
             .sign(msg_id, timestamp, &body)
             .map_err(|_| WebhookError::Sign)?;
-        let resp = self
-            .http
-            .post(self.url.clone())
+        let mut req = self.http.post(self.url.clone());
+        if let Some(traceparent) = traceparent {
+            req = req.header("traceparent", traceparent);
+        }
+        let resp = req
             .header(standardwebhooks::HEADER_WEBHOOK_ID, msg_id)
             .header(
                 standardwebhooks::HEADER_WEBHOOK_TIMESTAMP,
@@ -144,7 +152,7 @@ mod tests {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         )
         .unwrap();
-        let sent = hooks.send("msg_1", b"{}".to_vec()).await;
+        let sent = hooks.send("msg_1", b"{}".to_vec(), None).await;
         assert!(matches!(sent, Err(WebhookError::Status(307))), "{sent:?}");
         assert_eq!(
             followed.load(Ordering::SeqCst),

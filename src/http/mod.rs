@@ -124,18 +124,39 @@ async fn request_context(req: Request, next: Next) -> Response {
     // span fields cost a JSON formatting per request. Method and route go on the one
     // "request finished" line. Only the route template is logged: a raw URI could carry a
     // customer's data.
-    let span = tracing::info_span!("request", request_id = %id);
+    //
+    // `trace_id` and `span_id` are recorded only when a trace is active (traces on): an empty
+    // field is not written.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
+    // The trace's server span (disabled when traces are off), a child of the caller's span.
+    let server = crate::traces::server_span(req.headers(), &method, route);
+    crate::traces::stamp(&span, &server);
     let in_flight = crate::metrics::InFlight::start();
-    let mut resp = REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .instrument(span.clone())
-        .await;
+    let mut resp = crate::traces::scope(
+        server.clone(),
+        REQUEST_ID
+            .scope(id.clone(), next.run(req))
+            .instrument(span.clone()),
+    )
+    .await;
     drop(in_flight);
     let elapsed = started.elapsed();
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     let status = resp.status();
+    crate::traces::record_answer(
+        &server,
+        status.as_u16(),
+        resp.extensions()
+            .get::<crate::error::ProblemCode>()
+            .map(|c| c.0),
+    );
     crate::metrics::http_request(route, status, elapsed);
     span.in_scope(|| {
         tracing::info!(

@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::idempotency::{self, Claim, StoredAnswer};
 use crate::state::AppState;
 use crate::ticketing::{Attempt, Fence, Unfenced};
+use crate::traces::TRACE_TARGET;
 use std::time::Duration;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -88,12 +89,19 @@ async fn create_ticket(
         .await
         .map_err(|_| ApiError::StoreUnavailable)?;
     let token = match claim {
-        Claim::Acquired(token) => token,
+        Claim::Acquired(token) => {
+            tracing::info!(target: TRACE_TARGET, "idempotency claim");
+            token
+        }
         Claim::Replay(answer) => {
+            tracing::info!(target: TRACE_TARGET, "idempotency replay");
             crate::metrics::idempotency_replay();
             return Ok(replay(answer));
         }
-        Claim::InProgress => return Err(ApiError::IdempotencyInProgress),
+        Claim::InProgress => {
+            tracing::info!(target: TRACE_TARGET, "idempotency in progress");
+            return Err(ApiError::IdempotencyInProgress);
+        }
         Claim::Mismatch => return Err(ApiError::IdempotencyMismatch),
     };
     let external_id = idempotency::external_id(&key, &fingerprint);
@@ -129,10 +137,12 @@ async fn detached(
 ) -> Result<Response, ApiError> {
     let request_id = crate::request_id::current_request_id();
     let span = tracing::Span::current();
-    let task = state.tasks.spawn(
+    // The trace span goes along too: the Gorgias calls made in the task are its children.
+    let task = state.tasks.spawn(crate::traces::scope(
+        crate::traces::current(),
         crate::request_id::REQUEST_ID
             .scope(request_id, tracing::Instrument::instrument(work, span)),
-    );
+    ));
     task.await.map_err(|e| {
         tracing::error!(panicked = e.is_panic(), "the request's work did not finish");
         ApiError::Internal

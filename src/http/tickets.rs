@@ -75,6 +75,7 @@ pub(crate) async fn accept(
             key,
             fingerprint,
             body,
+            crate::traces::traceparent(&crate::traces::current()).as_deref(),
         )
         .await
         .map_err(|e| {

@@ -313,7 +313,9 @@ pub(crate) const TABLES: &[&str] = &[
         webhook_attempts BIGINT NOT NULL DEFAULT 0,
         webhook_next_at BIGINT,
         owner TEXT,
-        connection TEXT NOT NULL DEFAULT ''
+        connection TEXT NOT NULL DEFAULT '',
+        trace_parent TEXT,
+        attempt_trace TEXT
     )",
     "CREATE TABLE IF NOT EXISTS heartbeat (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS idempotency (
@@ -377,6 +379,10 @@ pub(crate) const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("webhook_next_at", "BIGINT"),
     ("owner", "TEXT"),
     ("connection", "TEXT NOT NULL DEFAULT ''"),
+    // W3C `traceparent`s: the span that accepted the delivery (each attempt links to it), and
+    // the attempt that finished it (its webhook carries that one).
+    ("trace_parent", "TEXT"),
+    ("attempt_trace", "TEXT"),
 ];
 
 /// Fills the dialect's tokens for one backend.

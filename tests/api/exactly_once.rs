@@ -208,7 +208,7 @@ async fn a_stale_postgresql_worker_whose_lease_passed_changes_nothing() {
     };
     let a = Outbox::new(Store::open(&target, options).await.unwrap(), Duration::ZERO);
     let b = Outbox::new(Store::open(&target, options).await.unwrap(), Duration::ZERO);
-    let Accepted::New(d) = a.accept("c", "", None, "f", b"{}").await.unwrap() else {
+    let Accepted::New(d) = a.accept("c", "", None, "f", b"{}", None).await.unwrap() else {
         panic!("new");
     };
     let stale = a.claim(Duration::from_millis(200)).await.unwrap().unwrap();

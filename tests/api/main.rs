@@ -26,5 +26,6 @@ mod schema_generated;
 mod shared_budget;
 mod shutdown;
 mod ticket;
+mod traces;
 mod upstream;
 mod validation;

@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument;
 use url::Url;
 
 use crate::error::{BuildError, GorgiasError};
@@ -231,6 +232,14 @@ fn epoch() -> Instant {
 tokio::task_local! {
     /// Set while a task does work nobody waits on (see [`in_background`]).
     static BACKGROUND: ();
+    /// Set while a task looks for what a create of unknown outcome left (see [`reconciling`]).
+    static RECONCILING: ();
+}
+
+/// Runs `work` with every Gorgias call it makes marked as a reconcile in its trace span
+/// (`gorgias.reconcile`): a lookup made because a create's outcome is unknown, not new work.
+pub async fn reconciling<F: std::future::Future>(work: F) -> F::Output {
+    RECONCILING.scope((), work).await
 }
 
 /// Runs `work` with every Gorgias call it makes at [`Priority::Background`]: served only from
@@ -578,7 +587,26 @@ impl GorgiasClient {
             None => endpoint_url(&self.base_url, path, endpoint)?,
         };
         let mut delays = self.retry.delays();
+        let reconcile = RECONCILING.try_with(|_| true).unwrap_or(false);
+        let (verb, template) = endpoint.split_once(' ').unwrap_or(("", endpoint));
+        let mut number = 0u32;
         loop {
+            number += 1;
+            // One span per attempt, named by the route template: never a raw id, phone or
+            // email (they are in the path or query, which the span does not carry).
+            let span = tracing::info_span!(
+                target: crate::TRACE_TARGET,
+                "gorgias.call",
+                otel.name = endpoint,
+                otel.kind = "client",
+                http.request.method = verb,
+                url.template = template,
+                gorgias.attempt = i64::from(number),
+                gorgias.reconcile = reconcile,
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
             let err = match self
                 .attempt(
                     endpoint,
@@ -588,7 +616,9 @@ impl GorgiasClient {
                     body.clone(),
                     deadline,
                     resend,
+                    &span,
                 )
+                .instrument(span.clone())
                 .await
             {
                 Ok(bytes) => return Ok(bytes),
@@ -646,10 +676,26 @@ impl GorgiasClient {
         body: Option<Bytes>,
         deadline: Instant,
         resend: Resend,
+        span: &tracing::Span,
     ) -> Result<Bytes, GorgiasError> {
-        self.pacer
+        let waiting = std::time::Instant::now();
+        let ready = self
+            .pacer
             .until_ready(endpoint, priority(endpoint), deadline)
-            .await?;
+            .await;
+        let waited = waiting.elapsed();
+        if waited >= Duration::from_millis(1) {
+            tracing::info!(
+                target: crate::TRACE_TARGET,
+                // As i64: tracing-opentelemetry writes unsigned values as strings.
+                wait_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX),
+                "limiter wait"
+            );
+        }
+        if let Err(e) = ready {
+            failed(span, error_label(&e));
+            return Err(e);
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GorgiasError::Timeout { endpoint });
@@ -704,10 +750,13 @@ impl GorgiasClient {
             Ok(parts) => parts,
             Err(e) => {
                 crate::metrics::gorgias_call(endpoint, error_label(&e), elapsed);
+                failed(span, error_label(&e));
                 return Err(e);
             }
         };
         crate::metrics::gorgias_call(endpoint, status.as_str(), elapsed);
+        // As i64: tracing-opentelemetry writes unsigned values as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if let Some(used) = &headers.usage {
             self.pacer.observe_usage(used).await;
         }
@@ -717,6 +766,7 @@ impl GorgiasClient {
             return Ok(bytes);
         }
         let err = classify(endpoint, status, &headers, &bytes, self.hint_cap());
+        failed(span, status.as_str());
         if let GorgiasError::RateLimited { retry_after, .. } = &err {
             // Every call of this process (and, shared, of every replica) waits it out: the
             // next ones would only be refused too.
@@ -726,6 +776,13 @@ impl GorgiasClient {
         }
         Err(err)
     }
+}
+
+/// Marks an attempt's span failed, with the error's class (`error.type`: the status, or
+/// `timeout`, `unreachable`...).
+fn failed(span: &tracing::Span, class: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", class);
 }
 
 /// The response headers the client acts on.

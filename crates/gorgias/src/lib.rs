@@ -33,8 +33,14 @@ mod oauth;
 mod pacing;
 mod probe;
 
+/// The `tracing` target of the spans and events meant for traces, not logs (a Gorgias call's
+/// span, a limiter wait): the service's OpenTelemetry layer takes exactly these, and its log
+/// layer none of them.
+pub const TRACE_TARGET: &str = "otel";
+
 pub use client::{
     Auth, ClientSettings, GorgiasClient, HttpPools, RetryPolicy, in_background, parse_retry_after,
+    reconciling,
 };
 pub use error::{BuildError, GorgiasError};
 pub use models::{
