@@ -83,8 +83,13 @@ pub fn init(format: LogFormat, default_filter: &str, traces: Option<&crate::trac
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
+    // No busy/idle timing and no OTel context activation on each enter: both read clocks or
+    // thread-locals on every poll of every span, and nothing here reads them (parents come
+    // from the span tree; `traceparent`s from the span itself).
     let spans = tracing_opentelemetry::layer()
         .with_tracer(pipeline.tracer())
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_location(false)
         .with_threads(false)
         .with_target(false)
