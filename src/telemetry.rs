@@ -96,7 +96,11 @@ pub fn init(format: LogFormat, default_filter: &str, traces: Option<&crate::trac
         .with_level(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
-                .with_target(crate::traces::TRACE_TARGET, tracing::Level::TRACE),
+                // INFO, the level every trace span and event is made at: TRACE here would raise
+                // the subscriber's maximum level, and with it the `log` crate's, so every
+                // `log::trace!` of a dependency (tokio-postgres logs several per poll) would
+                // reach the dispatcher to be filtered out.
+                .with_target(crate::traces::TRACE_TARGET, tracing::Level::INFO),
         );
     let _ = tracing_subscriber::registry()
         .with(logs)

@@ -106,8 +106,10 @@ impl Settings {
         };
         let service_name_set = set("OTEL_SERVICE_NAME").is_some()
             || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
-                a.split(',')
-                    .any(|kv| kv.trim().starts_with("service.name="))
+                a.split(',').any(|kv| {
+                    kv.split_once('=')
+                        .is_some_and(|(k, _)| k.trim() == "service.name")
+                })
             });
         Ok(Some(Self {
             max_queue,
@@ -209,8 +211,16 @@ impl SpanProcessor for Bounded {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        // Taken only while there is room: a failed increment never shows, so spans ending
+        // together near the cap are not refused for room that was there.
+        let cap = self.cap;
+        if self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_err()
+        {
             crate::metrics::trace_spans_dropped("queue_full", 1);
             return;
         }

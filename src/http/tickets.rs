@@ -83,8 +83,16 @@ pub(crate) async fn accept(
             ApiError::OutboxUnavailable
         })?;
     let (delivery, replayed) = match accepted {
-        Accepted::New(d) => (d, false),
-        Accepted::Existing(d) => (d, true),
+        Accepted::New(d) => {
+            if key.is_some() {
+                tracing::info!(target: crate::traces::TRACE_TARGET, "idempotency claim");
+            }
+            (d, false)
+        }
+        Accepted::Existing(d) => {
+            tracing::info!(target: crate::traces::TRACE_TARGET, "idempotency replay");
+            (d, true)
+        }
         Accepted::Mismatch => return Err(ApiError::IdempotencyMismatch),
     };
     let delivery = if wait.is_zero() || is_final(&delivery) {

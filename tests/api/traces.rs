@@ -163,7 +163,17 @@ async fn a_ticket_joins_the_callers_trace_with_a_child_span_per_gorgias_call_and
 
     // Every Gorgias call of this request: a client span, child of the server span, named by
     // its route template.
-    // (The start-up's settings read is a trace of its own.)
+    // Outside the caller's trace there is only the start-up's settings read, a trace of its
+    // own: every call this request made is in it.
+    let elsewhere: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name.contains(" /api/") && hex(&s.trace_id) != TRACE_ID)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        elsewhere.iter().all(|n| *n == "GET /api/account/settings"),
+        "{elsewhere:?}"
+    );
     let calls: Vec<&Span> = spans
         .iter()
         .filter(|s| s.name.contains(" /api/") && hex(&s.trace_id) == TRACE_ID)
@@ -263,6 +273,7 @@ async fn an_async_delivery_is_its_own_trace_linked_to_the_accepting_span_and_its
         .post(format!("{address}/ticket"))
         .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
         .header("prefer", "respond-async")
+        .header("idempotency-key", unique("trace-async"))
         .json(&ticket_for("+33612345672", None))
         .send()
         .await
@@ -282,6 +293,8 @@ async fn an_async_delivery_is_its_own_trace_linked_to_the_accepting_span_and_its
     let accepting = spans.iter().find(|s| s.name == "POST /ticket").unwrap();
     assert_eq!(hex(&accepting.trace_id), TRACE_ID);
     assert_eq!(attr_int(accepting, "http.response.status_code"), Some(202));
+    let events: Vec<&str> = accepting.events.iter().map(|e| e.name.as_str()).collect();
+    assert!(events.contains(&"idempotency claim"), "{events:?}");
     let delivery = spans.iter().find(|s| s.name == "delivery attempt").unwrap();
     assert_ne!(delivery.trace_id, accepting.trace_id, "a trace of its own");
     assert!(delivery.parent_span_id.is_empty(), "a root span");

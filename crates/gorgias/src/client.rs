@@ -698,12 +698,14 @@ impl GorgiasClient {
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
+            failed(span, "timeout");
             return Err(GorgiasError::Timeout { endpoint });
         }
         // A write sent with almost no time left may land in Gorgias after we gave up on its
         // answer, leaving a ticket the caller was told failed. Better not to send it: the
         // caller gets 503 with Retry-After and nothing was created.
         if resend == Resend::Never && remaining < MIN_WRITE_BUDGET.min(self.attempt_timeout) {
+            failed(span, "deadline");
             return Err(GorgiasError::DeadlineExhausted {
                 endpoint,
                 retry_after: Some(Duration::from_secs(1)),
