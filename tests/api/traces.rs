@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -74,12 +75,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Any> {
-    span.attributes
+/// The value of `key` among a span's (or an event's) attributes.
+fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Any> {
+    attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| v.value.as_ref())
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Any> {
+    value(&span.attributes, key)
 }
 
 fn attr_str<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
@@ -123,6 +129,21 @@ fn start(
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
+/// `POST /ticket` as a call from the caller's span (`traceparent`), with `headers` besides.
+async fn post_in_callers_trace(
+    address: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{address}/ticket"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.json(body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_ticket_joins_the_callers_trace_with_a_child_span_per_gorgias_call_and_no_pii() {
     let (collector, received) = receiver().await;
@@ -133,14 +154,7 @@ async fn a_ticket_joins_the_callers_trace_with_a_child_span_per_gorgias_call_and
     let body_text = unique("a-private-message");
     let mut body = ticket_for(phone, Some(&email));
     body["ticket"]["messages"][0]["body_text"] = body_text.clone().into();
-    let resp = reqwest::Client::new()
-        .post(format!("{address}/ticket"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .header("tracestate", "vendor=opaque")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_in_callers_trace(&address, &body, &[("tracestate", "vendor=opaque")]).await;
     assert_eq!(resp.status(), 201);
 
     let spans = received
@@ -269,15 +283,13 @@ async fn an_async_delivery_is_its_own_trace_linked_to_the_accepting_span_and_its
     ));
     let (_proxy, address, _logs) = start(&sim_url, &env);
 
-    let resp = reqwest::Client::new()
-        .post(format!("{address}/ticket"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .header("prefer", "respond-async")
-        .header("idempotency-key", unique("trace-async"))
-        .json(&ticket_for("+33612345672", None))
-        .send()
-        .await
-        .unwrap();
+    let key = unique("trace-async");
+    let resp = post_in_callers_trace(
+        &address,
+        &ticket_for("+33612345672", None),
+        &[("prefer", "respond-async"), ("idempotency-key", &key)],
+    )
+    .await;
     assert_eq!(resp.status(), 202);
 
     let spans = received
@@ -414,13 +426,7 @@ async fn a_create_of_unknown_outcome_is_reconciled_in_the_trace_and_limiter_wait
     // 3 calls at once, then one every 2/3 s: this request's later calls wait their turn.
     env.push(("GORGIAS_RATE_LIMIT", "4/2s".to_owned()));
     let (_proxy, address, _logs) = start(&sim_url, &env);
-    let resp = reqwest::Client::new()
-        .post(format!("{address}/ticket"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .json(&ticket_for("+33612345673", None))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_in_callers_trace(&address, &ticket_for("+33612345673", None), &[]).await;
     assert_eq!(resp.status(), 201);
     let spans = received
         .until("the failed create and the reconcile lookup", |spans| {
@@ -450,14 +456,9 @@ async fn a_create_of_unknown_outcome_is_reconciled_in_the_trace_and_limiter_wait
         .filter(|s| hex(&s.trace_id) == TRACE_ID)
         .flat_map(|s| &s.events)
         .filter(|e| e.name == "limiter wait")
-        .filter_map(|e| {
-            e.attributes
-                .iter()
-                .find(|kv| kv.key == "wait_ms")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    Any::IntValue(i) => Some(*i),
-                    _ => None,
-                })
+        .filter_map(|e| match value(&e.attributes, "wait_ms") {
+            Some(Any::IntValue(i)) => Some(*i),
+            _ => None,
         })
         .collect();
     assert!(waits.iter().any(|ms| *ms > 0), "{waits:?}");
